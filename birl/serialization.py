@@ -1,0 +1,224 @@
+"""Atomic, verifiable file formats for models and datasets (numpy + torch only).
+
+Two containers are used across :mod:`birl`:
+
+* **torch state files** (:func:`save_state` / :func:`load_state`): one ``torch.save`` archive
+  holding a JSON config string, a flat ``{name: Tensor}`` state dict and a SHA-256 checksum of
+  every tensor's bytes.  Loading always uses ``torch.load(..., weights_only=True)``, so no
+  pickled code is ever executed, and the checksum catches silent corruption that the zip
+  container does not notice.
+* **npz archives** (:func:`save_npz` / :func:`load_npz`): ``numpy`` arrays plus a JSON metadata
+  string stored as a 0-d unicode array, loaded with ``allow_pickle=False``.  The zip CRC of each
+  member catches corruption.
+
+Every write goes to a temporary file in the destination directory, is flushed and fsynced, and
+then moved over the destination with :func:`os.replace`, so a crash never leaves a half-written
+file under the final name.  Every read failure becomes :class:`CorruptFileError` naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+import zipfile
+from typing import Any, BinaryIO, Dict, Iterator, Mapping, Tuple, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CorruptFileError",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "tensor_checksum",
+    "save_state",
+    "load_state",
+    "save_npz",
+    "load_npz",
+]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+#: Version tag written into every container; bump when the layout changes.
+FORMAT_VERSION = 1
+_NPZ_META_KEY = "__meta__"
+
+
+class CorruptFileError(ValueError):
+    """A file exists but cannot be decoded (truncated, overwritten, wrong format or bad checksum)."""
+
+
+@contextlib.contextmanager
+def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
+    """Open a temporary file next to ``path``; on a clean exit move it over ``path`` atomically.
+
+    The temporary file is flushed and fsynced before :func:`os.replace`; on an exception it is
+    removed and ``path`` is left untouched.
+
+    Args:
+        path: destination file.  Its directory must exist.
+        mode: ``"wb"`` (bytes) or ``"w"`` (text, UTF-8).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"path: directory {directory!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+    with atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return b""
+    return flat.view(torch.uint8).numpy().tobytes()
+
+
+def tensor_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over names, dtypes, shapes and raw bytes of every tensor (order independent)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def save_state(path: PathLike, kind: str, config: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Atomically write a JSON-able ``config`` and a tensor ``state_dict`` to one torch file.
+
+    Args:
+        path: destination file (conventionally ``*.pt``).
+        kind: a tag checked on load (e.g. the model class name).
+        config: JSON-serialisable constructor arguments.
+        state_dict: ``{name: Tensor}``; tensors are moved to CPU.
+    """
+    try:
+        config_json = json.dumps(config, sort_keys=True)
+    except TypeError as err:
+        raise TypeError(f"config must be JSON-serialisable: {err}") from err
+    tensors = {}
+    for name, t in state_dict.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"state_dict[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
+        tensors[name] = t.detach().cpu().clone()
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "kind": str(kind),
+        "config_json": config_json,
+        "state_dict": tensors,
+        "checksum": tensor_checksum(tensors),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state(
+    path: PathLike, expected_kind: str | None = None, map_location: Union[str, torch.device] = "cpu"
+) -> Tuple[str, Dict[str, Any], Dict[str, torch.Tensor]]:
+    """Read a file written by :func:`save_state`; returns ``(kind, config, state_dict)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptFileError: the file is truncated, not a state file, or fails its checksum.
+        TypeError: ``expected_kind`` is given and the file holds another kind.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no such file {path!r}")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise CorruptFileError(f"{path!r} is not a readable state file (truncated or corrupt?): {err}") from err
+    required = ("format_version", "kind", "config_json", "state_dict", "checksum")
+    if not isinstance(payload, dict) or any(k not in payload for k in required):
+        raise CorruptFileError(f"{path!r} is a torch file but not a birl state file (missing {required})")
+    if payload["format_version"] != FORMAT_VERSION:
+        raise CorruptFileError(f"{path!r} has format_version {payload['format_version']}, expected {FORMAT_VERSION}")
+    state_dict = payload["state_dict"]
+    if tensor_checksum(state_dict) != payload["checksum"]:
+        raise CorruptFileError(f"{path!r}: tensor checksum mismatch, the file is corrupt")
+    try:
+        config = json.loads(payload["config_json"])
+    except json.JSONDecodeError as err:
+        raise CorruptFileError(f"{path!r}: config is not valid JSON: {err}") from err
+    kind = payload["kind"]
+    if expected_kind is not None and kind != expected_kind:
+        raise TypeError(f"{path!r} holds a {kind!r}, expected {expected_kind!r}")
+    return kind, config, state_dict
+
+
+def save_npz(path: PathLike, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Atomically write numeric ``arrays`` and JSON ``meta`` to an (uncompressed) ``.npz`` file.
+
+    Object arrays are refused so that :func:`load_npz` never needs pickle.
+    """
+    if _NPZ_META_KEY in arrays:
+        raise ValueError(f"arrays must not contain the reserved key {_NPZ_META_KEY!r}")
+    out = {}
+    for name, a in arrays.items():
+        a = np.asarray(a)
+        if a.dtype == object:
+            raise TypeError(f"arrays[{name!r}] has dtype object; only numeric/bool/str arrays can be saved")
+        out[name] = a
+    try:
+        out[_NPZ_META_KEY] = np.array(json.dumps({"format_version": FORMAT_VERSION, **meta}, sort_keys=True))
+    except TypeError as err:
+        raise TypeError(f"meta must be JSON-serialisable: {err}") from err
+    with atomic_open(path, "wb") as f:
+        np.savez(f, **out)
+
+
+def load_npz(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Read a file written by :func:`save_npz`; returns ``(arrays, meta)``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        CorruptFileError: truncated or corrupt archive, CRC failure, or missing metadata.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no such file {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}  # reading each member checks its CRC
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+        raise CorruptFileError(f"{path!r} is not a readable npz archive (truncated or corrupt?): {err}") from err
+    if _NPZ_META_KEY not in arrays:
+        raise CorruptFileError(f"{path!r} has no {_NPZ_META_KEY!r} entry; not written by birl")
+    try:
+        meta = json.loads(str(arrays.pop(_NPZ_META_KEY)))
+    except json.JSONDecodeError as err:
+        raise CorruptFileError(f"{path!r}: metadata is not valid JSON: {err}") from err
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptFileError(f"{path!r} has format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    return arrays, meta
