@@ -43,6 +43,7 @@ __all__ = [
     "CnnReward",
     "RewardEnsemble",
     "load_reward_model",
+    "build_reward_model",
 ]
 
 ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[float]]
@@ -350,6 +351,13 @@ class RewardModel(nn.Module):
         model = model_cls.from_config(config)
         model.load_state_dict(state, strict=True)
         return model.to(map_location)
+
+
+def build_reward_model(kind: str, config: Dict[str, Any]) -> RewardModel:
+    """Rebuild an (untrained) reward model from ``type(model).__name__`` and ``model.config()``."""
+    if kind not in _REGISTRY:
+        raise ValueError(f"kind must name a reward model class, one of {sorted(_REGISTRY)}, got {kind!r}")
+    return _REGISTRY[kind].from_config(config)
 
 
 def load_reward_model(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> RewardModel:

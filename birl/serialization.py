@@ -209,8 +209,14 @@ def load_npz(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no such file {path!r}")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}  # reading each member checks its CRC
+        with open(path, "rb") as f:  # our own handle, so it is closed even when numpy raises
+            data = np.load(f, allow_pickle=False)
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise CorruptFileError(f"{path!r} is a single .npy array, not an npz archive written by birl")
+            with data:
+                arrays = {k: data[k] for k in data.files}  # reading each member checks its CRC
+    except CorruptFileError:
+        raise
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
         raise CorruptFileError(f"{path!r} is not a readable npz archive (truncated or corrupt?): {err}") from err
     if _NPZ_META_KEY not in arrays:

@@ -12,7 +12,7 @@ before its last one ends an episode (the last one may).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 

@@ -1,0 +1,298 @@
+"""Reward models: shapes, encoding, normalisation, ensembles, save/load round trips."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from birl.reward_models import CnnReward, MlpReward, RewardEnsemble, RewardModel, RunningNormalizer, SpaceSpec, load_reward_model
+from birl.serialization import CorruptFileError, load_npz, load_state, save_npz, save_state
+
+
+class FakeBox:
+    def __init__(self, shape):
+        self.shape = shape
+
+
+class FakeDiscrete:
+    shape = ()
+
+    def __init__(self, n, start=0):
+        self.n, self.start = n, start
+
+
+def assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, k
+        assert torch.equal(sa[k], sb[k]), k
+
+
+# ------------------------------------------------------------------------------------------ MLP
+
+
+def test_mlp_shapes_box_and_split():
+    torch.manual_seed(0)
+    m = MlpReward(3, 2, hidden=(32, 16), scale=2.0, offset=0.5)
+    obs, act = torch.randn(7, 3), torch.randn(7, 2)
+    r = m(obs, act)
+    assert r.shape == (7,)
+    f = m.features(obs, act)
+    assert f.shape == (7, 16) and m.feature_dim == 16
+    assert isinstance(m.head, torch.nn.Linear) and m.head.weight.shape == (1, 16)
+    torch.testing.assert_close(r, m.head(f).squeeze(-1) * 2.0 + 0.5)
+
+
+def test_mlp_reward_is_linear_in_head_weight():
+    """dr/dw = scale * features: what the successor-feature estimator relies on."""
+    torch.manual_seed(0)
+    m = MlpReward(4, 1, hidden=(8,), scale=3.0)
+    obs, act = torch.randn(1, 4), torch.randn(1, 1)
+    (g,) = torch.autograd.grad(m(obs, act).sum(), m.head.weight)
+    torch.testing.assert_close(g, 3.0 * m.features(obs, act).detach())
+
+
+def test_mlp_discrete_one_hot_and_sb3_action_layout():
+    torch.manual_seed(0)
+    m = MlpReward(5, 3, discrete_obs=True, discrete_act=True, hidden=(8,))
+    obs, act = torch.tensor([0, 4, 2]), torch.tensor([2, 0, 1])
+    r = m(obs, act)
+    assert r.shape == (3,)
+    torch.testing.assert_close(m(obs, act[:, None]), r)  # SB3 stores discrete actions as [B, 1]
+    with pytest.raises(ValueError, match="obs indices"):
+        m(torch.tensor([5, 0, 0]), act)
+    with pytest.raises(ValueError, match="act"):
+        m(obs, torch.randn(3, 2))
+
+
+def test_from_spaces_duck_typed_and_gymnasium():
+    m = MlpReward.from_spaces(FakeBox((3,)), FakeDiscrete(4, start=1), hidden=(8,))
+    assert m.obs_spec == SpaceSpec.box(3) and m.act_spec == SpaceSpec.discrete(4, 1)
+    assert m(torch.randn(2, 3), torch.tensor([1, 4])).shape == (2,)
+    gym = pytest.importorskip("gymnasium")
+    spaces = gym.spaces
+    m = MlpReward.from_spaces(spaces.Discrete(6), spaces.Box(-1, 1, (2, 2)), hidden=(8,))
+    assert m(torch.tensor([0, 5]), torch.randn(2, 2, 2)).shape == (2,)
+    m = MlpReward.from_spaces(spaces.Box(-1, 1, (3,)), spaces.MultiDiscrete([2, 3]), hidden=(8,))
+    assert m.act_spec.encoded_dim == 5
+    assert m(torch.randn(2, 3), torch.tensor([[1, 2], [0, 0]])).shape == (2,)
+    state_only = MlpReward.from_spaces(spaces.Box(-1, 1, (3,)), None, hidden=(8,))
+    assert state_only(torch.randn(4, 3)).shape == (4,)
+    with pytest.raises(TypeError, match="observation_space"):
+        MlpReward.from_spaces(object(), FakeDiscrete(2))
+
+
+def test_next_obs_required_and_checked():
+    m = MlpReward(3, 1, use_next_obs=True, hidden=(8,))
+    obs, act = torch.randn(4, 3), torch.randn(4, 1)
+    assert m(obs, act, torch.randn(4, 3)).shape == (4,)
+    with pytest.raises(ValueError, match="next_obs is required"):
+        m(obs, act)
+    with pytest.raises(ValueError, match="next_obs"):
+        m(obs, act, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="act must have batch size 4"):
+        m(obs, torch.randn(3, 1), torch.randn(4, 3))
+
+
+def test_bad_constructor_arguments_named():
+    with pytest.raises(ValueError, match="hidden"):
+        MlpReward(3, 1, hidden=())
+    with pytest.raises(ValueError, match="activation"):
+        MlpReward(3, 1, activation="gelu-ish")
+    with pytest.raises(ValueError, match="scale"):
+        MlpReward(3, 1, scale=0.0)
+    with pytest.raises(ValueError, match="clamp"):
+        MlpReward(3, 1, clamp=-1.0)
+    with pytest.raises(TypeError, match="obs_dim"):
+        MlpReward(2.5, 1, discrete_obs=True)
+
+
+def test_tanh_clamp_bounds_output():
+    torch.manual_seed(0)
+    m = MlpReward(2, 1, hidden=(8,), scale=1000.0, clamp=1.5)
+    r = m(torch.randn(100, 2) * 10, torch.randn(100, 1))
+    assert r.abs().max() <= 1.5
+
+
+# ---------------------------------------------------------------------------------- normaliser
+
+
+def test_running_normalizer_matches_numpy_and_updates_only_when_asked():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 2.0, size=(1000, 4))
+    norm = RunningNormalizer(4)
+    for chunk in np.array_split(x, 7):
+        norm.update(torch.as_tensor(chunk))
+    np.testing.assert_allclose(norm.mean.numpy(), x.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(norm.var.numpy(), x.var(0), rtol=1e-10)
+    assert norm.count.item() == 1000
+
+    m = MlpReward(4, 1, hidden=(8,), normalize=True)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m(torch.as_tensor(x, dtype=torch.float32), torch.randn(1000, 1))
+    assert all(torch.equal(before[k], v) for k, v in m.state_dict().items())  # forward never updates
+    m.update_normalizer(torch.as_tensor(x), torch.randn(1000, 1))
+    np.testing.assert_allclose(m.obs_norm.mean.numpy(), x.mean(0), rtol=1e-6)
+    assert m.act_norm.count.item() == 1000
+
+
+# ---------------------------------------------------------------------------------- CNN
+
+
+def test_cnn_reward_shapes_and_errors():
+    torch.manual_seed(0)
+    m = CnnReward((4, 84, 84), 6, hidden=(32,))
+    obs = torch.randint(0, 256, (3, 4, 84, 84), dtype=torch.uint8)
+    act = torch.tensor([0, 5, 2])
+    assert m(obs, act).shape == (3,)
+    assert m.features(obs, act).shape == (3, 32)
+    with pytest.raises(ValueError, match="obs must have shape"):
+        m(torch.zeros(3, 84, 84, 4, dtype=torch.uint8), act)
+    with pytest.raises(ValueError, match="act indices"):
+        m(obs, torch.tensor([0, 6, 1]))
+    with pytest.raises(ValueError, match="obs_shape"):
+        CnnReward((4, 20, 20), 6)
+    with pytest.raises(ValueError, match="action_space must be Discrete"):
+        CnnReward.from_spaces(FakeBox((4, 84, 84)), FakeBox((2,)))
+
+
+# ---------------------------------------------------------------------------------- ensemble
+
+
+def test_ensemble_shapes_mean_and_std():
+    torch.manual_seed(0)
+    ens = RewardEnsemble.build(4, lambda: MlpReward(3, 1, hidden=(16,)))
+    obs, act = torch.randn(9, 3), torch.randn(9, 1)
+    members = ens.members(obs, act)
+    assert members.shape == (4, 9) and len(ens) == 4
+    torch.testing.assert_close(ens(obs, act), members.mean(0))
+    torch.testing.assert_close(ens.disagreement(obs, act), members.std(0, unbiased=False))
+    assert ens.features(obs, act).shape == (9, 64)
+    assert (ens.disagreement(obs, act) > 0).all()
+    with pytest.raises(ValueError, match="models"):
+        RewardEnsemble([])
+    with pytest.raises(TypeError, match=r"models\[0\]"):
+        RewardEnsemble([torch.nn.Linear(2, 1)])
+
+
+# ---------------------------------------------------------------------------------- save / load
+
+
+def _trained_like(m: RewardModel) -> RewardModel:
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    return m
+
+
+@pytest.mark.parametrize(
+    "make, inputs",
+    [
+        (lambda: MlpReward(3, 2, hidden=(16, 8), normalize=True, scale=0.5, offset=-1.0, clamp=4.0),
+         lambda: (torch.randn(5, 3), torch.randn(5, 2))),
+        (lambda: MlpReward(6, 3, discrete_obs=True, discrete_act=True, use_next_obs=True, activation="tanh"),
+         lambda: (torch.tensor([0, 1, 5]), torch.tensor([2, 1, 0]), torch.tensor([1, 2, 3]))),
+        (lambda: CnnReward((2, 40, 40), 3, hidden=(8,), trunk_dim=16, use_next_obs=True),
+         lambda: (torch.randint(0, 256, (2, 2, 40, 40), dtype=torch.uint8), torch.tensor([0, 2]),
+                  torch.randint(0, 256, (2, 2, 40, 40), dtype=torch.uint8))),
+        (lambda: RewardEnsemble([MlpReward(3, 2, hidden=(8,), normalize=True), MlpReward(3, 2, hidden=(4, 4))]),
+         lambda: (torch.randn(5, 3), torch.randn(5, 2))),
+    ],
+)  # fmt: skip
+def test_save_load_round_trip_exact(tmp_path, make, inputs):
+    torch.manual_seed(0)
+    m = _trained_like(make())
+    args = inputs()
+    m.update_normalizer(*args)  # normaliser statistics must survive too
+    path = tmp_path / "reward.pt"
+    m.save(path)
+    loaded = type(m).load(path)
+    assert type(loaded) is type(m) and loaded.config() == m.config()
+    assert_same_state(m, loaded)
+    assert torch.equal(m(*args), loaded(*args))
+    assert type(load_reward_model(path)) is type(m)
+    assert not [p for p in os.listdir(tmp_path) if p != "reward.pt"]  # no temp files left behind
+
+
+def test_normalizer_stats_are_saved(tmp_path):
+    m = MlpReward(2, 1, hidden=(4,), normalize=True)
+    m.update_normalizer(torch.tensor([[1.0, 2.0], [3.0, 6.0]]), torch.tensor([[0.5], [1.5]]))
+    m.save(tmp_path / "m.pt")
+    loaded = MlpReward.load(tmp_path / "m.pt")
+    np.testing.assert_array_equal(loaded.obs_norm.mean.numpy(), [2.0, 4.0])
+    np.testing.assert_array_equal(loaded.obs_norm.var.numpy(), [1.0, 4.0])
+    assert loaded.obs_norm.count.item() == 2 and loaded.act_norm.count.item() == 2
+
+
+def test_load_wrong_class_is_type_error(tmp_path):
+    MlpReward(2, 1, hidden=(4,)).save(tmp_path / "m.pt")
+    with pytest.raises(TypeError, match="not a CnnReward"):
+        CnnReward.load(tmp_path / "m.pt")
+
+
+def test_corrupt_and_truncated_files_raise(tmp_path):
+    torch.manual_seed(0)
+    m = MlpReward(3, 1, hidden=(64,))
+    path = tmp_path / "m.pt"
+    m.save(path)
+    data = path.read_bytes()
+
+    (tmp_path / "trunc.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CorruptFileError, match="trunc.pt"):
+        MlpReward.load(tmp_path / "trunc.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"not a model at all" * 10)
+    with pytest.raises(CorruptFileError):
+        MlpReward.load(tmp_path / "garbage.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(CorruptFileError):
+        MlpReward.load(tmp_path / "empty.pt")
+
+    # flip bytes inside the stored weights: the zip container may not notice, the checksum does
+    w = m.trunk[0].weight.detach().numpy().tobytes()
+    at = data.find(w[:32])
+    assert at > 0
+    flipped = bytearray(data)
+    flipped[at + 8] ^= 0xFF
+    (tmp_path / "flipped.pt").write_bytes(bytes(flipped))
+    with pytest.raises(CorruptFileError):
+        MlpReward.load(tmp_path / "flipped.pt")
+    with pytest.raises(FileNotFoundError):
+        MlpReward.load(tmp_path / "missing.pt")
+    assert issubclass(CorruptFileError, ValueError)
+
+
+def test_failed_save_keeps_previous_file(tmp_path):
+    path = tmp_path / "state.pt"
+    save_state(path, "x", {"a": 1}, {"w": torch.ones(2)})
+    with pytest.raises(TypeError, match="config"):
+        save_state(path, "x", {"a": object()}, {"w": torch.zeros(2)})
+    kind, cfg, sd = load_state(path)
+    assert cfg == {"a": 1} and torch.equal(sd["w"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["state.pt"]
+
+
+def test_npz_helpers_round_trip_and_corruption(tmp_path):
+    arrays = {"a": np.arange(5, dtype=np.int16), "b": np.eye(2), "c": np.array([True, False])}
+    save_npz(tmp_path / "x.npz", arrays, {"hello": [1, 2]})
+    back, meta = load_npz(tmp_path / "x.npz")
+    assert meta["hello"] == [1, 2]
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
+    data = (tmp_path / "x.npz").read_bytes()
+    (tmp_path / "t.npz").write_bytes(data[:-40])
+    with pytest.raises(CorruptFileError):
+        load_npz(tmp_path / "t.npz")
+
+
+def test_birl_does_not_import_gymnasium_or_sb3():
+    code = (
+        "import sys, birl.reward_models, birl.feedback, birl.serialization;"
+        "bad = [m for m in ('gymnasium', 'stable_baselines3') if m in sys.modules];"
+        "assert not bad, bad"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
