@@ -15,3 +15,11 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture
 def small_garnet():
     return garnet(6, 3, 4, gamma=0.8, tau=0.7, seed=1, branching=2)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _single_torch_thread():
+    """Small networks run fastest, and reproducibly, on one CPU thread."""
+    import torch
+
+    torch.set_num_threads(1)

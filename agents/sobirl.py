@@ -1,0 +1,639 @@
+"""SoBiRL and DRLHF: Stable-Baselines3 agents for soft bilevel RL (DESIGN.md sections 2 and 4).
+
+The inner level is SB3's SAC (``SoBiRL``, ``Box`` actions) or our discrete SAC
+(``DiscreteSoBiRL``), trained on rewards from a learned reward model ``r_x``.  The outer level
+runs every ``outer_freq`` environment steps:
+
+1. ask the feedback source for labels on segments from the most recent rollouts,
+2. estimate the hypergradient (seed 003, "Second visit to hyper-gradient")
+
+       grad phi = E[grad l] + (1/tau) E[ l * sum_i sum_h grad(Q - V)(s^i_h, a^i_h) ]
+
+   with a pluggable estimator for ``grad(Q - V)``:
+
+   * ``successor`` (default): ``Psi(s, a) - E_pi Psi(s, .)`` from a successor-feature critic
+     trained by TD beside the SAC critic (:mod:`agents.successor`); it covers the reward's last
+     layer, the feature network gets the direct term;
+   * ``myopic``: the released paper code's surrogate, ``grad r(s, a) - E_pi grad r(s, .)``;
+   * ``none``: the second term off (DRLHF, Christiano et al. 2017: alternating fits),
+
+3. update the reward model (Adam on the surrogate whose gradient is the estimate),
+4. relabel every reward in the replay buffer with the current model (PEBBLE).
+
+``tau`` is SAC's entropy coefficient ``alpha`` at the time of the outer step (fixed or
+auto-tuned): SAC's soft-optimal policy is ``pi ∝ exp(Q / alpha)``, so ``alpha`` plays the role of
+the temperature ``tau`` of the soft MDP.
+
+Score-function term and off-policy data: the term assumes segments drawn from the current
+policy.  It is computed only on the pairs queried at this outer step, which come from the last
+``outer_freq`` environment steps (nearly on-policy); the direct term uses the whole preference
+dataset.  A leave-one-out loss baseline reduces its variance without bias.
+
+Demonstrations (ML-IRL, seed 002): ``phi = -E_D[log pi*(a|s)]`` has no direct term and
+``grad phi = -(1/tau) E_D[grad(Q - V)(s, a)]``; with ``successor`` the last layer uses ``Psi``
+and the feature network the one-step surrogate; ``myopic``/``none`` use the one-step surrogate
+``-(1/tau) E_D[r(s, a) - E_pi r(s, .)]`` for all parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from torch.func import functional_call
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import ReplayBuffer
+from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.utils import polyak_update
+from stable_baselines3.common.vec_env import VecEnv
+
+from agents.buffers import BilevelReplayBuffer
+from agents.discrete_sac import DiscreteSAC
+from agents.successor import SuccessorCritic, reward_head_gradient, successor_loss, td_target
+from birl.feedback import (
+    BudgetedSchedule,
+    Demonstrations,
+    PreferenceDataset,
+    QuerySchedule,
+    SegmentBatch,
+    SyntheticTeacher,
+    bradley_terry_nll,
+    preference_accuracy,
+    sample_segments_from_buffer,
+    segment_returns,
+    select_queries,
+)
+from birl.reward_models import CnnReward, MlpReward, RewardModel, build_reward_model
+from envs.reward_wrapper import VecParameterisedReward
+
+__all__ = ["SoBiRL", "DiscreteSoBiRL", "DRLHF", "DiscreteDRLHF", "ESTIMATORS"]
+
+ESTIMATORS = ("successor", "myopic", "none")
+
+
+def _leave_one_out(l: th.Tensor) -> th.Tensor:
+    """``l_m - mean_{m' != m} l_m'``: an unbiased baseline for the score-function term."""
+    n = l.shape[0]
+    return l if n < 2 else l - (l.sum() - l) / (n - 1)
+
+
+class BilevelMixin:
+    """The outer level shared by the continuous and discrete agents (see module docstring)."""
+
+    default_estimator: ClassVar[str] = "successor"
+
+    # ------------------------------------------------------------------ construction
+    def _init_bilevel(
+        self,
+        feedback: Union[SyntheticTeacher, Demonstrations, None],
+        reward_model: Optional[RewardModel],
+        estimator: Optional[str],
+        n_queries: int,
+        query_schedule: Union[str, QuerySchedule],
+        query_selection: str,
+        n_candidates: int,
+        segment_length: int,
+        outer_freq: int,
+        reward_lr: float,
+        reward_batch_size: int,
+        reward_steps: int,
+        label_smoothing: float,
+        hypergrad_warmup: int,
+        hypergrad_coef: float,
+        storm_mu: Optional[float],
+        successor_lr: float,
+        successor_net_arch: Sequence[int],
+        n_action_samples: int,
+        demo_batch_size: int,
+        relabel_batch_size: int,
+    ) -> None:
+        if feedback is None:
+            raise ValueError(
+                "feedback is required: pass a birl.feedback.SyntheticTeacher (preferences) "
+                "or birl.feedback.Demonstrations (ML-IRL)"
+            )
+        if not isinstance(feedback, (SyntheticTeacher, Demonstrations)):
+            raise TypeError(f"feedback must be a SyntheticTeacher or Demonstrations, got {type(feedback).__name__}")
+        if isinstance(feedback, Demonstrations) and len(feedback) == 0:
+            raise ValueError("feedback: the Demonstrations hold no trajectory")
+        estimator = self.default_estimator if estimator is None else estimator
+        if estimator == "branch":
+            raise ValueError(
+                "estimator='branch' needs state cloning inside the agent and is available for tabular "
+                "problems only (birl.hypergrad); use 'successor' or 'myopic'"
+            )
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        for name, value in (
+            ("n_queries", n_queries),
+            ("segment_length", segment_length),
+            ("outer_freq", outer_freq),
+            ("reward_batch_size", reward_batch_size),
+            ("reward_steps", reward_steps),
+            ("n_candidates", n_candidates),
+            ("n_action_samples", n_action_samples),
+            ("demo_batch_size", demo_batch_size),
+            ("relabel_batch_size", relabel_batch_size),
+        ):
+            if int(value) != value or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not reward_lr > 0:
+            raise ValueError(f"reward_lr must be positive, got {reward_lr!r}")
+        if not 0 <= label_smoothing < 1:
+            raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
+        if storm_mu is not None and not 0 < storm_mu <= 1:
+            raise ValueError(f"storm_mu must lie in (0, 1], got {storm_mu!r}")
+        if isinstance(query_schedule, str) and query_schedule not in ("budgeted", "front_loaded"):
+            raise ValueError(f"query_schedule must be 'budgeted', 'front_loaded' or a QuerySchedule, got {query_schedule!r}")
+        if query_selection not in ("uniform", "disagreement", "entropy"):
+            raise ValueError(f"query_selection must be 'uniform', 'disagreement' or 'entropy', got {query_selection!r}")
+        self.feedback = feedback
+        self.estimator = estimator
+        self.n_queries, self.query_schedule, self.query_selection = int(n_queries), query_schedule, query_selection
+        self.n_candidates, self.segment_length, self.outer_freq = int(n_candidates), int(segment_length), int(outer_freq)
+        self.reward_lr, self.reward_batch_size, self.reward_steps = reward_lr, int(reward_batch_size), int(reward_steps)
+        self.label_smoothing, self.hypergrad_warmup, self.hypergrad_coef = label_smoothing, int(hypergrad_warmup), hypergrad_coef
+        self.storm_mu, self.successor_lr, self.successor_net_arch = storm_mu, successor_lr, tuple(successor_net_arch)
+        self.n_action_samples, self.demo_batch_size = int(n_action_samples), int(demo_batch_size)
+        self.relabel_batch_size = int(relabel_batch_size)
+        self._reward_model_init = reward_model
+        self.preferences = PreferenceDataset()
+        self._n_outer = 0
+        self._n_asked = 0
+        self._last_outer_step = -1
+        self._outer_total = None
+
+    def _init_from_kwargs(self, feedback, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+        """Split bilevel from inner-learner arguments.  SB3's ``load`` constructs the agent with
+        ``_init_setup_model=False`` and restores the saved attributes itself: skip validation then."""
+        bilevel, inner = _split_kwargs(kwargs)
+        if inner.get("_init_setup_model", True):
+            self._init_bilevel(feedback, **bilevel)
+        inner.setdefault("replay_buffer_class", BilevelReplayBuffer)
+        return inner
+
+    @property
+    def uses_preferences(self) -> bool:
+        return isinstance(self.feedback, SyntheticTeacher)
+
+    @property
+    def needs_successor(self) -> bool:
+        return self.estimator == "successor"
+
+    def _setup_bilevel(self) -> None:
+        """Build reward model, successor critic and optimisers; wrap the env (after SB3's setup)."""
+        obs_space, act_space = self.observation_space, self.action_space
+        self._storm_state, self._demo_data = None, None
+        if getattr(self, "_reward_model_init", None) is not None:
+            model = self._reward_model_init
+            self._reward_model_spec = (type(model).__name__, model.config())
+        elif getattr(self, "_reward_model_spec", None) is None:
+            cls = CnnReward if len(getattr(obs_space, "shape", ())) == 3 else MlpReward
+            model = cls.from_spaces(obs_space, act_space)
+            self._reward_model_spec = (type(model).__name__, model.config())
+        else:  # loading: rebuild the architecture, SB3 then loads the weights
+            model = build_reward_model(*self._reward_model_spec)
+        self._reward_model_init = None
+        self._check_reward_model(model)
+        self.reward_model = model.to(self.device)
+        self.reward_optimizer = th.optim.Adam(self.reward_model.parameters(), lr=self.reward_lr)
+        if self.needs_successor:
+            self.successor = SuccessorCritic(obs_space, act_space, self.reward_model.feature_dim, self.successor_net_arch).to(self.device)
+            self.successor_target = copy.deepcopy(self.successor)
+            self.successor_target.requires_grad_(False)
+            self.successor_optimizer = th.optim.Adam(self.successor.parameters(), lr=self.successor_lr)
+        self._outer_rng = np.random.default_rng(self.seed)
+        if self.env is not None:
+            self._wrap_reward_env()
+
+    def _check_reward_model(self, model: th.nn.Module) -> None:
+        """Fail at construction, not mid-training, when the model does not fit the env."""
+        if not isinstance(model, RewardModel):
+            raise TypeError(f"reward_model must be a birl.reward_models.RewardModel, got {type(model).__name__}")
+        obs = th.as_tensor(np.stack([self.observation_space.sample() for _ in range(2)]))
+        act = th.as_tensor(np.stack([self.action_space.sample() for _ in range(2)]))
+        try:
+            with th.no_grad():
+                out = model(obs, act, obs)
+        except Exception as err:  # noqa: BLE001 - re-raised with context
+            raise ValueError(
+                f"reward_model does not accept this env's observations {self.observation_space} and actions "
+                f"{self.action_space}: {err}"
+            ) from err
+        if tuple(out.shape) != (2,):
+            raise ValueError(f"reward_model must return one reward per transition, got shape {tuple(out.shape)}")
+
+    def _wrap_reward_env(self) -> None:
+        """Rewards seen by the inner learner come from the reward model; Monitor (inside) keeps TRUE returns."""
+        if not isinstance(self.env, VecParameterisedReward):
+            self.env = VecParameterisedReward(self.env, self.reward_model)
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset=force_reset)
+        if getattr(self, "reward_model", None) is not None:
+            self._wrap_reward_env()
+
+    def _setup_learn(self, total_timesteps: int, *args, **kwargs):
+        out = super()._setup_learn(total_timesteps, *args, **kwargs)
+        self._outer_total = max(1, (self._total_timesteps - self.num_timesteps) // self.outer_freq + 1)
+        return out
+
+    # ------------------------------------------------------------------ policy access
+    def _tau(self) -> float:
+        """Soft-MDP temperature = current SAC entropy coefficient."""
+        raise NotImplementedError
+
+    def _policy_tools(self, obs: th.Tensor) -> Tuple[Callable[[th.Tensor], th.Tensor], Optional[th.Tensor]]:
+        """``(sample, probs)``: a sampler of buffer-format actions at ``obs`` and, for discrete
+        actions, the action probabilities ``[B, A]`` (``None`` for continuous)."""
+        raise NotImplementedError
+
+    def _env_actions(self, buffer_actions: np.ndarray) -> np.ndarray:
+        """Buffer actions (scaled to [-1, 1] for Box) to the env's action units (reward model input)."""
+        return buffer_actions
+
+    def _buffer_actions(self, env_actions: np.ndarray) -> np.ndarray:
+        return env_actions
+
+    # ------------------------------------------------------------------ training
+    def train(self, gradient_steps: int, batch_size: int = 64) -> None:
+        if self._n_outer == 0 or self.num_timesteps - self._last_outer_step >= self.outer_freq:
+            self._outer_step()
+        super().train(gradient_steps, batch_size)
+        if self.needs_successor:
+            self._train_successor(gradient_steps, batch_size)
+
+    def _train_successor(self, gradient_steps: int, batch_size: int) -> None:
+        """TD for ``Psi ~ grad_w Q`` with SAC's discount and Polyak targets (agents.successor)."""
+        losses = []
+        for step in range(gradient_steps):
+            data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
+            discounts = data.discounts if getattr(data, "discounts", None) is not None else self.gamma
+            grad_r = reward_head_gradient(
+                self.reward_model, data.observations, self._env_actions_t(data.actions), data.next_observations
+            )
+            sample, next_probs = self._policy_tools(data.next_observations)
+            target = td_target(self.successor_target, grad_r, data.next_observations, data.dones, discounts, sample, next_probs)
+            loss = successor_loss(self.successor, data.observations, data.actions, target)
+            self.successor_optimizer.zero_grad()
+            loss.backward()
+            self.successor_optimizer.step()
+            losses.append(loss.item())
+            if step % self.target_update_interval == 0:
+                polyak_update(self.successor.parameters(), self.successor_target.parameters(), self.tau)
+        if losses:
+            self.logger.record("train/successor_loss", float(np.mean(losses)))
+
+    def _env_actions_t(self, actions: th.Tensor) -> th.Tensor:
+        return th.as_tensor(self._env_actions(actions.cpu().numpy()), device=self.device)
+
+    # ------------------------------------------------------------------ outer level
+    def _schedule(self) -> QuerySchedule:
+        if isinstance(self.query_schedule, QuerySchedule):
+            return self.query_schedule
+        front = 0.25 if self.query_schedule == "front_loaded" else 0.0
+        return BudgetedSchedule(self.n_queries, self._outer_total or 1, initial_fraction=front)
+
+    def _recent_window(self) -> Dict[str, np.ndarray]:
+        """The last ``outer_freq`` transitions per env, in time order (nearly on-policy data)."""
+        buf: BilevelReplayBuffer = self.replay_buffer
+        n_filled = buf.buffer_size if buf.full else buf.pos
+        length = min(n_filled, max(self.outer_freq, 2 * self.segment_length))
+        idx = (buf.pos - length + np.arange(length)) % buf.buffer_size
+        return buf.window(idx)
+
+    def _query(self) -> Optional[Tuple[SegmentBatch, SegmentBatch, np.ndarray]]:
+        """Ask the teacher about new pairs from recent rollouts; store them; return the labelled pairs."""
+        k = self._schedule()(self._n_outer, asked=self._n_asked)
+        if k <= 0:
+            return None
+        win = self._recent_window()
+        m = k * self.n_candidates
+        try:
+            segs = sample_segments_from_buffer(
+                win["obs"], win["acts"], win["true_rewards"], win["dones"], horizon=self.segment_length,
+                n=2 * m, rng=self._outer_rng, next_obs=win["next_obs"], replace=True,
+            )
+        except ValueError:  # no full-length fragment yet (episodes shorter than segment_length so far)
+            return None
+        s1, s2 = segs[np.arange(m)], segs[np.arange(m, 2 * m)]
+        if self.query_selection == "uniform" or m == k:
+            chosen = select_queries("uniform", k, rng=self._outer_rng, m=m)
+        else:
+            with th.no_grad():
+                r1 = segment_returns(self.reward_model, s1, per_member=True).cpu().numpy()
+                r2 = segment_returns(self.reward_model, s2, per_member=True).cpu().numpy()
+            chosen = select_queries(self.query_selection, k, r1, r2)
+        s1, s2 = s1[chosen], s2[chosen]
+        labels, keep = self.feedback.label(s1, s2)
+        self._n_asked += k
+        self.preferences.add(s1, s2, labels, keep)
+        return s1[np.flatnonzero(keep)], s2[np.flatnonzero(keep)], labels[keep]
+
+    def _score_directions(self, batches: Sequence[SegmentBatch]) -> th.Tensor:
+        """For each segment tuple, ``(1/tau) sum_i sum_h (Psi(s,a) - E_pi Psi(s,.))`` ``[N, k]``."""
+        total = 0.0
+        for seg in batches:
+            n, h = seg.acts.shape[:2]
+            obs = th.as_tensor(seg.obs.reshape((n * h,) + seg.obs.shape[2:]), device=self.device)
+            act = th.as_tensor(self._buffer_actions(seg.acts.reshape((n * h,) + seg.acts.shape[2:])), device=self.device)
+            with th.no_grad():
+                sample, probs = self._policy_tools(obs)
+                adv = self.successor.advantage(obs, act, sample, probs, self.n_action_samples)
+            total = total + adv.reshape(n, h, -1).sum(1)
+        return total / self._tau()
+
+    def _myopic_directions(self, batches: Sequence[SegmentBatch]) -> th.Tensor:
+        """``(1/tau) sum_i sum_h [r(s,a) - E_pi r(s,.)]`` ``[N]``, differentiable in the reward
+        parameters: the released paper code's one-step surrogate."""
+        total = 0.0
+        for seg in batches:
+            n, h = seg.acts.shape[:2]
+            obs = th.as_tensor(seg.obs.reshape((n * h,) + seg.obs.shape[2:]), device=self.device)
+            nxt = None if seg.next_obs is None else th.as_tensor(seg.next_obs.reshape(obs.shape), device=self.device)
+            act = th.as_tensor(seg.acts.reshape((n * h,) + seg.acts.shape[2:]), device=self.device)
+            total = total + (self.reward_model(obs, act, nxt) - self._expected_reward(obs, nxt)).reshape(n, h).sum(1)
+        return total / self._tau()
+
+    def _expected_reward(self, obs: th.Tensor, next_obs: Optional[th.Tensor], reward_fn=None) -> th.Tensor:
+        """``E_{a ~ pi(.|s)} r(s, a[, s'])`` (``s'`` of the data, a one-step approximation)."""
+        reward_fn = reward_fn or self.reward_model
+        with th.no_grad():
+            sample, probs = self._policy_tools(obs)
+        if probs is not None:
+            A = probs.shape[1]
+            rep = lambda t: None if t is None else t.repeat_interleave(A, 0)  # noqa: E731
+            acts = th.arange(A, device=obs.device).repeat(obs.shape[0])
+            r = reward_fn(rep(obs), acts, rep(next_obs)).reshape(-1, A)
+            return (probs * r).sum(1)
+        total = 0.0
+        for _ in range(self.n_action_samples):
+            with th.no_grad():
+                a = self._env_actions_t(sample(obs))
+            total = total + reward_fn(obs, a, next_obs)
+        return total / self.n_action_samples
+
+    def _hyper_surrogate(self, on_policy, score_dirs) -> th.Tensor:
+        """The term whose gradient is the second part of the hypergradient (zero when off)."""
+        if on_policy is None or len(on_policy[2]) < 2 or self.estimator == "none":
+            return th.zeros((), device=self.device)
+        if self.num_timesteps < self.hypergrad_warmup:
+            return th.zeros((), device=self.device)
+        s1, s2, y = on_policy
+        l = bradley_terry_nll(
+            segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
+            label_smoothing=self.label_smoothing, reduction="none",
+        )
+        centred = _leave_one_out(l.detach())
+        if self.estimator == "successor":
+            G = (centred[:, None] * score_dirs).mean(0)
+            return self.hypergrad_coef * (self.reward_model.head.weight.reshape(-1) * G).sum()
+        return self.hypergrad_coef * (centred * self._myopic_directions([s1, s2])).mean()
+
+    def _demo_surrogate(self) -> th.Tensor:
+        """ML-IRL: gradient ``-(1/tau) E_D[grad(Q - V)(s, a)]`` (module docstring)."""
+        data = self._demo_data
+        idx = self._outer_rng.integers(0, data["obs"].shape[0], size=self.demo_batch_size)
+        obs, act, nxt = (th.as_tensor(data[k][idx], device=self.device) for k in ("obs", "acts", "next_obs"))
+        if self.estimator != "successor":
+            return -self._one_step_advantage(obs, act, nxt).mean() / self._tau()
+        with th.no_grad():
+            sample, probs = self._policy_tools(obs)
+            adv = self.successor.advantage(obs, th.as_tensor(self._buffer_actions(data["acts"][idx]), device=self.device), sample, probs, self.n_action_samples)
+        G = -adv.mean(0) / self._tau()
+        # the feature network gets the one-step surrogate, the last layer the successor estimate
+        frozen_head = {"head.weight": self.reward_model.head.weight.detach()}
+        reward_fn = lambda o, a, n: functional_call(self.reward_model, frozen_head, (o, a, n), strict=False)  # noqa: E731
+        one_step = self._one_step_advantage(obs, act, nxt, reward_fn)
+        return (self.reward_model.head.weight.reshape(-1) * G).sum() - one_step.mean() / self._tau()
+
+    def _one_step_advantage(self, obs, act, nxt, reward_fn=None) -> th.Tensor:
+        """``r(s, a) - E_pi r(s, .)`` for expert transitions (one-step ML-IRL surrogate)."""
+        reward_fn = reward_fn or self.reward_model
+        return reward_fn(obs, act, nxt) - self._expected_reward(obs, nxt, reward_fn)
+
+    def _outer_step(self) -> None:
+        """One outer iteration: feedback, hypergradient, reward update, replay relabelling."""
+        self._last_outer_step = self.num_timesteps
+        self.reward_model.train()
+        on_policy, score_dirs = None, None
+        if self.uses_preferences:
+            on_policy = self._query()
+            if len(self.preferences) == 0:
+                self._n_outer += 1
+                return
+            if on_policy is not None and self.estimator == "successor" and len(on_policy[2]) >= 2:
+                score_dirs = self._score_directions([on_policy[0], on_policy[1]])
+        elif self._demo_data is None:
+            self._demo_data = self.feedback.transitions()
+
+        losses, norms = [], []
+        for _ in range(self.reward_steps):
+            if self.uses_preferences:
+                s1, s2, y = self.preferences.sample(self.reward_batch_size, rng=self._outer_rng)
+                direct = bradley_terry_nll(
+                    segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
+                    label_smoothing=self.label_smoothing,
+                )
+                surrogate = direct + self._hyper_surrogate(on_policy, score_dirs)
+            else:
+                direct = self._demo_surrogate()
+                surrogate = direct
+            self.reward_optimizer.zero_grad()
+            surrogate.backward()
+            self._apply_storm()
+            norms.append(float(th.nn.utils.clip_grad_norm_(self.reward_model.parameters(), max_norm=10.0)))
+            self.reward_optimizer.step()
+            losses.append(float(direct.detach()))
+        self._n_outer += 1
+        self._relabel()
+        self._log_outer(losses, norms)
+
+    def _apply_storm(self) -> None:
+        """STORM momentum (Stoc-SoBiRL): ``h_k = g_k + (1 - mu)(h_{k-1} - g_{k-1})`` on the reward
+        gradients.  Approximation: ``g_{k-1}`` is the previous step's estimate, not a
+        re-evaluation at the previous parameters on the new sample (that needs the old critics)."""
+        if self.storm_mu is None:
+            return
+        params = [p for p in self.reward_model.parameters() if p.grad is not None]
+        grads = [p.grad.detach().clone() for p in params]
+        if self._storm_state is not None:
+            for p, g, h, g_prev in zip(params, grads, self._storm_state["h"], self._storm_state["g"]):
+                p.grad.copy_(g + (1.0 - self.storm_mu) * (h - g_prev))
+        self._storm_state = {"h": [p.grad.detach().clone() for p in params], "g": grads}
+
+    def _relabel(self) -> None:
+        self.replay_buffer.relabel(self.reward_model, self._env_actions, self.relabel_batch_size)
+
+    def _log_outer(self, losses, norms) -> None:
+        self.logger.record("outer/loss", float(np.mean(losses)))
+        self.logger.record("outer/hypergrad_norm", float(np.mean(norms)))
+        self.logger.record("outer/tau", self._tau())
+        self.logger.record("outer/n_updates", self._n_outer)
+        if self.uses_preferences:
+            self.logger.record("feedback/n_labels", len(self.preferences))
+            self.logger.record("outer/pref_accuracy", self.preference_accuracy())
+        if len(self.ep_info_buffer) > 0:
+            self.logger.record("rollout/true_ep_rew_mean", float(np.mean([ep["r"] for ep in self.ep_info_buffer])))
+
+    def preference_accuracy(self, max_pairs: int = 2000) -> float:
+        """Agreement of the reward model with the stored labels (most recent ``max_pairs``)."""
+        n = len(self.preferences)
+        if n == 0:
+            return float("nan")
+        s1, s2, y = self.preferences[np.arange(max(0, n - max_pairs), n)]
+        with th.no_grad():
+            r1, r2 = segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2)
+        return preference_accuracy(r1, r2, y)
+
+    # ------------------------------------------------------------------ persistence
+    def _excluded_save_params(self):
+        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data"]
+
+    def _get_torch_save_params(self):
+        state_dicts, variables = super()._get_torch_save_params()
+        state_dicts = state_dicts + ["reward_model", "reward_optimizer"]
+        if self.needs_successor:
+            state_dicts += ["successor", "successor_target", "successor_optimizer"]
+        return state_dicts, variables
+
+
+_BILEVEL_DEFAULTS = dict(
+    reward_model=None,
+    estimator=None,
+    n_queries=1000,
+    query_schedule="front_loaded",
+    query_selection="uniform",
+    n_candidates=1,
+    segment_length=25,
+    outer_freq=1000,
+    reward_lr=3e-4,
+    reward_batch_size=64,
+    reward_steps=50,
+    label_smoothing=0.0,
+    hypergrad_warmup=0,
+    hypergrad_coef=1.0,
+    storm_mu=None,
+    successor_lr=3e-4,
+    successor_net_arch=(256, 256),
+    n_action_samples=4,
+    demo_batch_size=256,
+    relabel_batch_size=8192,
+)
+
+
+def _split_kwargs(kwargs: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    bilevel = {k: kwargs.pop(k, v) for k, v in _BILEVEL_DEFAULTS.items()}
+    return bilevel, kwargs
+
+
+class SoBiRL(BilevelMixin, SAC):
+    """Soft bilevel RL with SB3's SAC as the inner learner (``Box`` action spaces).
+
+    Args:
+        policy: SAC policy (``"MlpPolicy"``, ``"CnnPolicy"``, ...).
+        env: environment (id string, gymnasium env or VecEnv) returning TRUE rewards; the agent
+            wraps it so that the inner learner sees the learned reward.
+        feedback: :class:`birl.feedback.SyntheticTeacher` (preferences) or
+            :class:`birl.feedback.Demonstrations` (ML-IRL).  Required.
+        reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` from the
+            spaces, ``CnnReward`` for images).
+        estimator: ``"successor"`` (default), ``"myopic"`` or ``"none"`` (DRLHF).
+        n_queries: total preference budget over one ``learn`` call.
+        query_schedule: ``"front_loaded"`` (a quarter at the first outer step, the rest evenly),
+            ``"budgeted"`` (evenly) or a :class:`birl.feedback.QuerySchedule` over outer steps.
+        query_selection: ``"uniform"``, ``"disagreement"`` or ``"entropy"`` (the last two need a
+            :class:`birl.reward_models.RewardEnsemble`), picking among ``n_candidates`` per query.
+        segment_length: fragment length ``H``.
+        outer_freq: environment steps between outer steps.
+        reward_lr, reward_batch_size, reward_steps: Adam step size, pairs per step and steps per
+            outer iteration of the reward model.
+        label_smoothing: Bradley-Terry label smoothing.
+        hypergrad_warmup: environment steps before the second hypergradient term is switched on.
+        hypergrad_coef: multiplier of the second term (1 is the hypergradient).
+        storm_mu: STORM momentum parameter (Stoc-SoBiRL); ``None`` for plain steps.
+        successor_lr, successor_net_arch: successor critic optimiser and architecture.
+        n_action_samples: actions sampled to estimate ``E_pi`` for continuous actions.
+        demo_batch_size: expert transitions per ML-IRL step.
+        relabel_batch_size: batch size of the replay relabelling pass.
+        **kwargs: every other argument of :class:`stable_baselines3.SAC`.
+    """
+
+    def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str], feedback=None, **kwargs: Any) -> None:
+        if isinstance(env, str):
+            env = gym.make(env)
+        if env is not None and not isinstance(env.action_space, spaces.Box):
+            raise ValueError(
+                f"{type(self).__name__} needs a Box action space, got {env.action_space}; "
+                "use DiscreteSoBiRL / DiscreteDRLHF for Discrete actions"
+            )
+        sac_kwargs = self._init_from_kwargs(feedback, kwargs)
+        super().__init__(policy, env, **sac_kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._setup_bilevel()
+
+    def _tau(self) -> float:
+        if self.ent_coef_optimizer is not None:
+            return float(th.exp(self.log_ent_coef.detach()))
+        return float(self.ent_coef_tensor)
+
+    def _policy_tools(self, obs):
+        return (lambda o: self.actor.action_log_prob(o)[0]), None
+
+    def _env_actions(self, buffer_actions: np.ndarray) -> np.ndarray:
+        return self.policy.unscale_action(np.asarray(buffer_actions, dtype=np.float32))
+
+    def _buffer_actions(self, env_actions: np.ndarray) -> np.ndarray:
+        return self.policy.scale_action(np.asarray(env_actions, dtype=np.float32))
+
+
+class DiscreteSoBiRL(BilevelMixin, DiscreteSAC):
+    """Soft bilevel RL with our discrete SAC as the inner learner (``Discrete`` action spaces).
+
+    Same arguments as :class:`SoBiRL`; ``**kwargs`` go to :class:`agents.discrete_sac.DiscreteSAC`.
+    """
+
+    def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str], feedback=None, **kwargs: Any) -> None:
+        sac_kwargs = self._init_from_kwargs(feedback, kwargs)
+        super().__init__(policy, env, **sac_kwargs)
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._setup_bilevel()
+
+    def _tau(self) -> float:
+        return float(self.alpha)
+
+    def _policy_tools(self, obs):
+        with th.no_grad():
+            probs, _ = self.actor.action_probs(obs)
+        return None, probs
+
+
+class DRLHF(SoBiRL):
+    """DRLHF baseline (Christiano et al. 2017): :class:`SoBiRL` with the hypergradient's second
+    term off, i.e. alternating fits of the reward (on the outer loss alone) and SAC."""
+
+    default_estimator = "none"
+
+    def __init__(self, policy, env, feedback=None, **kwargs):
+        if kwargs.get("estimator") not in (None, "none"):
+            raise ValueError("DRLHF has no hypergradient estimator: leave estimator unset")
+        super().__init__(policy, env, feedback=feedback, **kwargs)
+
+
+class DiscreteDRLHF(DiscreteSoBiRL):
+    """:class:`DRLHF` for ``Discrete`` action spaces."""
+
+    default_estimator = "none"
+
+    def __init__(self, policy, env, feedback=None, **kwargs):
+        if kwargs.get("estimator") not in (None, "none"):
+            raise ValueError("DRLHF has no hypergradient estimator: leave estimator unset")
+        super().__init__(policy, env, feedback=feedback, **kwargs)
