@@ -192,8 +192,10 @@ class BilevelMixin:
             model = self._reward_model_init
             self._reward_model_spec = (type(model).__name__, model.config())
         elif getattr(self, "_reward_model_spec", None) is None:
-            cls = CnnReward if len(getattr(obs_space, "shape", ())) == 3 else MlpReward
-            model = cls.from_spaces(obs_space, act_space)
+            if len(getattr(obs_space, "shape", ())) == 3:
+                model = CnnReward.from_spaces(obs_space, act_space)
+            else:  # small by default: the successor critic's output has the size of its last layer
+                model = MlpReward.from_spaces(obs_space, act_space, hidden=(64, 64))
             self._reward_model_spec = (type(model).__name__, model.config())
         else:  # loading: rebuild the architecture, SB3 then loads the weights
             model = build_reward_model(*self._reward_model_spec)
@@ -226,6 +228,11 @@ class BilevelMixin:
             ) from err
         if tuple(out.shape) != (2,):
             raise ValueError(f"reward_model must return one reward per transition, got shape {tuple(out.shape)}")
+        if self.needs_successor and not isinstance(getattr(model, "head", None), th.nn.Linear):
+            raise ValueError(
+                f"estimator='successor' needs a reward_model with a single last linear layer `head`; "
+                f"{type(model).__name__} has none (use estimator='myopic' for ensembles)"
+            )
 
     def _wrap_reward_env(self) -> None:
         """Rewards seen by the inner learner come from the reward model; Monitor (inside) keeps TRUE returns."""
@@ -239,7 +246,10 @@ class BilevelMixin:
 
     def _setup_learn(self, total_timesteps: int, *args, **kwargs):
         out = super()._setup_learn(total_timesteps, *args, **kwargs)
-        self._outer_total = max(1, (self._total_timesteps - self.num_timesteps) // self.outer_freq + 1)
+        # outer steps happen at start + 1, start + 1 + outer_freq, ... below the total
+        start = max(self.num_timesteps, self.learning_starts)
+        expected = -(-max(0, self._total_timesteps - start - 1) // self.outer_freq)
+        self._outer_total = self._n_outer + max(1, expected - 1)  # the last one completes the budget
         return out
 
     # ------------------------------------------------------------------ policy access
@@ -519,7 +529,7 @@ _BILEVEL_DEFAULTS = dict(
     hypergrad_coef=1.0,
     storm_mu=None,
     successor_lr=3e-4,
-    successor_net_arch=(256, 256),
+    successor_net_arch=(128, 128),
     n_action_samples=4,
     demo_batch_size=256,
     relabel_batch_size=8192,
@@ -540,8 +550,8 @@ class SoBiRL(BilevelMixin, SAC):
             wraps it so that the inner learner sees the learned reward.
         feedback: :class:`birl.feedback.SyntheticTeacher` (preferences) or
             :class:`birl.feedback.Demonstrations` (ML-IRL).  Required.
-        reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` from the
-            spaces, ``CnnReward`` for images).
+        reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` with two
+            hidden layers of 64 from the spaces, ``CnnReward`` for images).
         estimator: ``"successor"`` (default), ``"myopic"`` or ``"none"`` (DRLHF).
         n_queries: total preference budget over one ``learn`` call.
         query_schedule: ``"front_loaded"`` (a quarter at the first outer step, the rest evenly),
