@@ -176,6 +176,13 @@ class BilevelMixin:
         inner.setdefault("replay_buffer_class", BilevelReplayBuffer)
         return inner
 
+    def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str, None], feedback=None, **kwargs: Any) -> None:
+        super().__init__(policy, env, **self._init_from_kwargs(feedback, kwargs))
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        self._setup_bilevel()
+
     @property
     def uses_preferences(self) -> bool:
         return isinstance(self.feedback, SyntheticTeacher)
@@ -581,12 +588,7 @@ class SoBiRL(BilevelMixin, SAC):
                 f"{type(self).__name__} needs a Box action space, got {env.action_space}; "
                 "use DiscreteSoBiRL / DiscreteDRLHF for Discrete actions"
             )
-        sac_kwargs = self._init_from_kwargs(feedback, kwargs)
-        super().__init__(policy, env, **sac_kwargs)
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._setup_bilevel()
+        super().__init__(policy, env, feedback=feedback, **kwargs)
 
     def _tau(self) -> float:
         if self.ent_coef_optimizer is not None:
@@ -608,14 +610,6 @@ class DiscreteSoBiRL(BilevelMixin, DiscreteSAC):
 
     Same arguments as :class:`SoBiRL`; ``**kwargs`` go to :class:`agents.discrete_sac.DiscreteSAC`.
     """
-
-    def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str], feedback=None, **kwargs: Any) -> None:
-        sac_kwargs = self._init_from_kwargs(feedback, kwargs)
-        super().__init__(policy, env, **sac_kwargs)
-
-    def _setup_model(self) -> None:
-        super()._setup_model()
-        self._setup_bilevel()
 
     def _tau(self) -> float:
         return float(self.alpha)

@@ -199,9 +199,8 @@ def _msobirl(mdp, x, loss, pi, n_iters: int = 1000, xi: Optional[float] = None, 
     w = np.zeros(mdp.n_states) if w0 is None else np.array(w0, dtype=np.float64)
     if w.shape != (mdp.n_states,):
         raise ValueError(f"w0 must have shape ({mdp.n_states},), got {w.shape}")
-    AtA, Atb = A.T @ A, A.T @ b
-    for _ in range(int(n_iters)):
-        w = w - xi * (AtA @ w - Atb)
+    for _ in range(int(n_iters)):  # O(S^2) per step: A^T (A w - b) without forming A^T A
+        w = w - xi * (A.T @ (A @ w - b))
     grad = gx + (mdp.reward_vjp(x, C) - mdp.reward_vjp(x, pi * w[:, None])) / mdp.tau
     return HypergradResult(grad, f, "msobirl", {"w": w, "residual": float(np.linalg.norm(A @ w - b)), "xi": xi})
 
@@ -329,5 +328,6 @@ def hypergradient(
     for name in ("n_samples", "n_rollouts", "rollout_horizon", "n_iters"):
         v = options.get(name)
         if v is not None and (int(v) != v or v < (0 if name == "n_iters" else 1)):
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            kind = "non-negative" if name == "n_iters" else "positive"
+            raise ValueError(f"{name} must be a {kind} integer, got {v!r}")
     return _DISPATCH[method](mdp, x, loss, pi, **options)

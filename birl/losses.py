@@ -203,10 +203,9 @@ class TrajectoryLoss(OuterLoss):
 
     def segments(self, mdp: TabularMDP):
         """Cached :func:`enumerate_segments` for ``mdp``."""
-        key = id(mdp)
-        if key not in self._cache:
-            self._cache = {key: enumerate_segments(mdp, self.horizon, self.start_dist(mdp), self.max_segments)}
-        return self._cache[key]
+        if self._cache.get("mdp") is not mdp:  # holds the MDP itself: no stale hit on a reused id
+            self._cache = {"mdp": mdp, "segments": enumerate_segments(mdp, self.horizon, self.start_dist(mdp), self.max_segments)}
+        return self._cache["segments"]
 
     def segment_probs(self, mdp: TabularMDP, pi: torch.Tensor) -> torch.Tensor:
         """``rho(d; pi)`` for every enumerated segment, differentiable in ``pi``."""
@@ -278,7 +277,8 @@ class PreferenceLoss(TrajectoryLoss):
         R = r[states, actions].sum(-1)  # (M, 2)
         logit = R[:, 0] - R[:, 1]
         y = self.labels(states, actions)
-        return -(y * F.logsigmoid(logit) + (1.0 - y) * F.logsigmoid(-logit))
+        # -log sigmoid(z) = softplus(-z)
+        return y * F.softplus(-logit) + (1.0 - y) * F.softplus(logit)
 
     def accuracy(self, mdp: TabularMDP, x, pi) -> float:
         """Expected agreement of ``sign(R_x(d_1) - R_x(d_2))`` with the teacher, pairs ~ ``pi``."""

@@ -317,20 +317,9 @@ class SoBiRL(BilevelSolver):
     name = "SoBiRL"
     methods = ("exact", "branch", "myopic")
 
-    def __init__(
-        self,
-        mdp: TabularMDP,
-        loss: OuterLoss,
-        x0,
-        lr: float = 0.1,
-        inner_steps: int = 10,
-        seed: Optional[int] = None,
-        *,
-        method: str = "exact",
-        optimizer: Optional[GradientDescent] = None,
-        lr_schedule: str = "constant",
-        **estimator_options,
-    ) -> None:
+    def __init__(self, mdp, loss, x0, lr: float = 0.1, inner_steps: int = 10, seed: Optional[int] = None, *,
+                 method: str = "exact", optimizer: Optional[GradientDescent] = None, lr_schedule: str = "constant",
+                 **estimator_options) -> None:
         if method not in self.methods:
             raise ValueError(f"method must be one of {self.methods}, got {method!r}")
         if optimizer is not None and not isinstance(optimizer, GradientDescent):
@@ -356,12 +345,17 @@ class StocSoBiRL(SoBiRL):
     Args:
         mu: STORM weight, a constant in ``(0, 1]`` or a schedule (:func:`storm_schedule`).
         n_samples: batch size ``M`` of the ``branch`` estimator.
+
+    The defaults (``mu = 0.5``, ``M = 256``) did best on the tabular benchmark
+    (``python -m agents.benchmark tabular``): the ``branch`` samples at ``(x_k, pi_k)`` and
+    ``(x_{k-1}, pi_{k-1})`` share their random numbers but not their sampled paths once the policy
+    changes, so the correction term is far from noise-free and a small ``mu`` accumulates it.
     """
 
     name = "Stoc-SoBiRL"
 
     def __init__(self, mdp, loss, x0, lr: float = 0.1, inner_steps: int = 10, seed: Optional[int] = None, *,
-                 mu: Schedule = 0.1, n_samples: int = 64, method: str = "branch", **options) -> None:
+                 mu: Schedule = 0.5, n_samples: int = 256, method: str = "branch", **options) -> None:
         super().__init__(mdp, loss, x0, lr, inner_steps, seed, method=method, optimizer=Storm(mu),
                          n_samples=n_samples, **options)
 
@@ -394,11 +388,14 @@ class MSoBiRL(BilevelSolver):
         w_iters: ``w`` steps per outer step (the slide: 1).
         w0: the starting ``w_0``: ``"solve"`` (default) the least-squares solution at
             ``(x_0, pi_0)`` by one linear solve (:func:`least_squares_w`), ``"zeros"``, or an
-            ``(S,)`` array.  The slide leaves ``w_0`` free, but the choice matters: one gradient
-            step per outer step contracts the error only by ``1 - xi sigma_min(A)^2`` (about
-            ``1 - ((1 - gamma)/(1 + gamma))^2``), so from ``w_0 = 0`` the ``w`` term stays stale
-            for hundreds of steps and can point the outer step uphill (seen on a garnet with
-            ``gamma = 0.9``).  After ``w_0`` the updates are exactly the slide's.
+            ``(S,)`` array.  The slide leaves ``w_0`` free; after it the updates are exactly the
+            slide's.
+
+    Caveat: one gradient step on the least-squares problem contracts the error in ``w`` only by
+    ``1 - xi sigma_min(A_k)^2 = 1 - 1/cond(A_k)^2``; ``sigma_min(I - gamma P_pi)`` can be well below
+    ``1 - gamma`` (about 0.03 on a 5x5 gridworld with ``gamma = 0.9``).  ``w`` then lags its target,
+    and the outer step needs a small ``lr`` (or more ``w_iters``) to stay a descent direction;
+    from ``w_0 = 0`` the stale ``w`` term can point the outer step uphill for hundreds of steps.
     """
 
     name = "M-SoBiRL"
@@ -478,7 +475,7 @@ class PBRL(BilevelSolver):
     name = "PBRL"
 
     def __init__(self, mdp, loss, x0, lr: float = 0.1, inner_steps: int = 10, seed: Optional[int] = None, *,
-                 lam: float = 10.0, policy_lr: float = 0.1, policy_steps: Optional[int] = None,
+                 lam: float = 1.0, policy_lr: float = 1.0, policy_steps: Optional[int] = None,
                  lr_schedule: str = "constant") -> None:
         self.lam = _positive("lam", lam)
         self.policy_lr = _positive("policy_lr", policy_lr)

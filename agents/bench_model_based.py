@@ -1,0 +1,208 @@
+"""Model-based benchmark: M-SoBiRL vs SoBiRL vs DRLHF (and SAC on the true reward) on Pendulum-v1.
+
+    python -m agents.benchmark model-based [--steps 6000] [--queries 200] [--seeds 1] [--workers 2]
+
+(wired by the lead; until then ``python -m agents.bench_model_based``).  Equal env steps and
+label budgets for every preference method.  Each run is one process-pool task writing
+``<out>/model_based_runs/<env>_<method>_seed<k>.json`` (finished runs are reused).  The report
+``<out>/model_based.md`` gives TRUE return of the final policy, env steps until the TRUE
+training-episode return first reaches a normalised score
+``(R - R_random) / (R_SAC_true - R_random) >= 0.9`` (``R_SAC_true``: final return of SAC on the
+true reward in the same harness), and wall time per env step; ``<out>/model_based_curves.png``
+plots TRUE training returns.  Hopper-v5 is accepted by ``--envs`` but is far beyond a 2-core
+CPU budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+
+METHODS = ("sac_true", "msobirl", "sobirl", "drlhf")
+TARGET = 0.9
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=6000, help="env steps per run")
+    parser.add_argument("--queries", type=int, default=200, help="synthetic preferences per run")
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
+    parser.add_argument("--envs", default="Pendulum-v1", help="comma-separated env ids")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--out", default="benchmark")
+
+
+def _make_agent(method: str, env_id: str, seed: int, queries: int):
+    import gymnasium as gym
+    from stable_baselines3 import SAC
+
+    from agents.msobirl import MSoBiRL
+    from agents.sobirl import DRLHF, SoBiRL
+    from birl.feedback import SyntheticTeacher
+
+    common = dict(learning_starts=1000, seed=seed, verbose=0)
+    if method == "sac_true":
+        return SAC("MlpPolicy", gym.make(env_id), **common)
+    bilevel = dict(feedback=SyntheticTeacher(seed=seed), n_queries=queries, outer_freq=1000, **common)
+    if method == "msobirl":
+        return MSoBiRL("MlpPolicy", gym.make(env_id), dynamics_kwargs=dict(hidden=(128, 128)),
+                       model_fit_kwargs=dict(max_epochs=20), rollout_schedule=(1000, 5000, 1, 5), **bilevel)
+    return (DRLHF if method == "drlhf" else SoBiRL)("MlpPolicy", gym.make(env_id), **bilevel)
+
+
+def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: str) -> Dict:
+    """One training run in a fresh process; returns (and writes) its record."""
+    import gymnasium as gym
+    import torch as th
+    from stable_baselines3.common.callbacks import ConvertCallback
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    th.set_num_threads(1)
+    model = _make_agent(method, env_id, seed, queries)
+    curve: List = []
+
+    def record(local_vars, _globals) -> bool:  # Monitor sits inside the reward wrapper: TRUE returns
+        t = int(local_vars["self"].num_timesteps)
+        curve.extend((t, float(info["episode"]["r"])) for info in local_vars.get("infos", []) if "episode" in info)
+        return True
+
+    start = time.perf_counter()
+    model.learn(steps, callback=ConvertCallback(record))
+    wall = time.perf_counter() - start
+    mean_r, std_r = evaluate_policy(model, Monitor(gym.make(env_id)), n_eval_episodes=10, deterministic=True)
+    record = {"method": method, "env": env_id, "seed": seed, "steps": steps, "true_return": float(mean_r),
+              "true_return_std": float(std_r), "wall_s": wall, "curve": curve,
+              "labels": len(model.preferences) if hasattr(model, "preferences") else 0}
+    Path(path).write_text(json.dumps(record))
+    return record
+
+
+class _UniformPolicy:
+    """``predict`` of the uniform random policy (for :func:`evaluate_policy`)."""
+
+    def __init__(self, space) -> None:
+        self.space = space
+
+    def predict(self, obs, state=None, episode_start=None, deterministic=False):
+        return np.stack([self.space.sample() for _ in range(len(obs))]), None
+
+
+def random_return(env_id: str, n_episodes: int = 20, seed: int = 0) -> float:
+    """Mean TRUE return of the uniform random policy."""
+    import gymnasium as gym
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
+
+    env = Monitor(gym.make(env_id))
+    env.reset(seed=seed)
+    env.action_space.seed(seed)
+    mean, _ = evaluate_policy(_UniformPolicy(env.action_space), env, n_eval_episodes=n_episodes)
+    return float(mean)
+
+
+def steps_to_target(curve: List, r_random: float, r_sac: float, target: float = TARGET, window: int = 3) -> Optional[int]:
+    """First env step at which the mean of the last ``window`` TRUE training returns reaches the
+    normalised ``target``; ``None`` if never."""
+    if not curve:
+        return None
+    t, y = np.array(curve).T
+    for i in range(window - 1, len(y)):
+        if (y[i - window + 1 : i + 1].mean() - r_random) / (r_sac - r_random) >= target:
+            return int(t[i])
+    return None
+
+
+def _table(records: List[Dict], env_id: str, r_random: float) -> List[str]:
+    by = {m: [r for r in records if r["method"] == m and r["env"] == env_id] for m in METHODS}
+    r_sac = float(np.mean([r["true_return"] for r in by["sac_true"]])) if by["sac_true"] else float("nan")
+    lines = [f"### {env_id}", "", f"R_random = {r_random:.1f}, R_SAC_true = {r_sac:.1f} (final return of SAC on the true reward).", "",
+             "| method | TRUE return (mean +- std over seeds) | normalised score | env steps to score 0.9 | labels | wall time / env step |",
+             "|---|---|---|---|---|---|"]
+    for m, rs in by.items():
+        if not rs:
+            continue
+        R = np.array([r["true_return"] for r in rs])
+        reach = [steps_to_target(r["curve"], r_random, r_sac) for r in rs]
+        reach_s = ", ".join("never" if s is None else str(s) for s in reach)
+        step_ms = 1000 * np.mean([r["wall_s"] / r["steps"] for r in rs])
+        lines.append(f"| {m} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {((R - r_random) / (r_sac - r_random)).mean():.2f} | "
+                     f"{reach_s} | {int(np.mean([r['labels'] for r in rs]))} | {step_ms:.1f} ms |")
+    return lines
+
+
+def _plot(records: List[Dict], envs: List[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(envs), figsize=(7 * len(envs), 4), squeeze=False)
+    for ax, env_id in zip(axes[0], envs):
+        for m in METHODS:
+            for r in (r for r in records if r["method"] == m and r["env"] == env_id and r["curve"]):
+                t, y = np.array(r["curve"]).T
+                ax.plot(t, y, label=f"{m} (seed {r['seed']})")
+        ax.set(xlabel="env steps", ylabel="TRUE episode return (training episodes)", title=env_id)
+        ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _split(text: str) -> List[str]:
+    return [part for part in text.split(",") if part]
+
+
+def run_model_based(args: argparse.Namespace) -> str:
+    """Run (or reuse) every run, then write ``model_based.md`` and ``model_based_curves.png``."""
+    methods, envs = _split(args.methods), _split(args.envs)
+    if not set(methods) <= set(METHODS):
+        raise ValueError(f"--methods: unknown {sorted(set(methods) - set(METHODS))}; choose from {METHODS}")
+    out = Path(args.out)
+    runs = out / "model_based_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    jobs = [(m, e, s, args.steps, args.queries, str(runs / f"{e}_{m}_seed{s}.json"))
+            for e in envs for s in range(args.seeds) for m in methods if not (runs / f"{e}_{m}_seed{s}.json").exists()]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
+            print(f"done {rec['env']} {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
+    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    records = [r for r in records if r["method"] in methods and r["env"] in envs and r["steps"] == args.steps]
+    lines = [
+        "# Model-based: M-SoBiRL vs SoBiRL vs DRLHF (TRUE reward)",
+        "",
+        f"Command: `python -m agents.benchmark model-based --steps {args.steps} --queries {args.queries} --seeds {args.seeds} "
+        f"--workers {args.workers} --envs {args.envs}`",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, one torch thread per run, "
+        f"{args.workers} runs in parallel (wall times of parallel runs share the machine).",
+        "",
+    ]
+    for env_id in envs:
+        lines += _table(records, env_id, random_return(env_id)) + [""]
+    lines += [
+        "TRUE return: 10 deterministic evaluation episodes of the final policy on the env's own reward. "
+        "Env steps to 0.9: first step where the mean of the last 3 TRUE training-episode returns reaches a "
+        "normalised score of 0.9. Every preference method gets the same env steps and label budget.",
+        "",
+        "![learning curves](model_based_curves.png)",
+    ]
+    report = "\n".join(lines)
+    (out / "model_based.md").write_text(report + "\n")
+    _plot(records, envs, out / "model_based_curves.png")
+    print(report)
+    return report
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(p)
+    run_model_based(p.parse_args())

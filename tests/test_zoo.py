@@ -1,0 +1,186 @@
+"""rl_zoo3 integration: registration, YAML configs, train / enjoy CLIs and Optuna tuning."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("rl_zoo3")
+
+from gymnasium import spaces  # noqa: E402
+
+from agents import enjoy, train, zoo  # noqa: E402
+from birl.feedback import Demonstrations, SyntheticTeacher, Trajectory  # noqa: E402
+
+ALGOS = ("sobirl", "drlhf", "sac")
+GENERIC_ATARI_ID = "SpaceInvadersNoFrameskip-v4"  # an Atari id without an entry: the `atari` fallback
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _entries():
+    for algo in ALGOS:
+        for key in yaml.safe_load(zoo.default_config(algo).read_text()):
+            yield algo, key
+
+
+def test_import_has_no_side_effects():
+    code = "import sys, agents.zoo; assert 'rl_zoo3' not in sys.modules and 'stable_baselines3' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, env={"PYTHONPATH": str(REPO), "PATH": ""})
+
+
+def test_register_patches_every_zoo_table():
+    zoo.register()
+    import rl_zoo3.enjoy  # noqa: F401  (imports ALGOS by name)
+    from rl_zoo3.hyperparams_opt import HYPERPARAMS_CONVERTER, HYPERPARAMS_SAMPLER
+
+    zoo.register()
+    assert zoo.is_registered()
+    modules = [m for name, m in sys.modules.items() if name.startswith("rl_zoo3") and isinstance(getattr(m, "ALGOS", None), dict)]
+    assert {"rl_zoo3.utils", "rl_zoo3.exp_manager", "rl_zoo3.train", "rl_zoo3.enjoy"} <= {m.__name__ for m in modules}
+    for module in modules:
+        for name in ALGOS:
+            assert module.ALGOS[name] is zoo.ALGORITHMS[name], (module.__name__, name)
+    for name in ("sobirl", "drlhf"):
+        assert callable(HYPERPARAMS_SAMPLER[name]) and callable(HYPERPARAMS_CONVERTER[name])
+
+
+def test_class_follows_the_action_space():
+    from stable_baselines3 import SAC
+
+    from agents.discrete_sac import DiscreteSAC
+    from agents.sobirl import DiscreteDRLHF, DiscreteSoBiRL, DRLHF, SoBiRL
+
+    box, discrete = spaces.Box(-1, 1, (2,)), spaces.Discrete(3)
+    expected = {"sobirl": (SoBiRL, DiscreteSoBiRL), "drlhf": (DRLHF, DiscreteDRLHF), "sac": (SAC, DiscreteSAC)}
+    for name, (box_cls, discrete_cls) in expected.items():
+        assert zoo.ALGORITHMS[name].select(box) is box_cls
+        assert zoo.ALGORITHMS[name].select(discrete) is discrete_cls
+    with pytest.raises(ValueError, match="'sobirl' does not support"):
+        zoo.ALGORITHMS["sobirl"].select(spaces.MultiBinary(3))
+
+
+def test_feedback_from_yaml_settings(tmp_path):
+    teacher = zoo.make_feedback("preferences", {"beta": ".inf", "eps_mistake": 0.1}, seed=7)
+    assert isinstance(teacher, SyntheticTeacher)
+    assert (teacher.beta, teacher.eps_mistake, teacher.seed) == (np.inf, 0.1, 7)
+    assert zoo.make_feedback("preferences", {"seed": 3}, seed=7).seed == 3
+    with pytest.raises(TypeError, match="teacher_kwargs"):
+        zoo.make_feedback("preferences", {"betta": 1.0})
+    with pytest.raises(ValueError, match="'feedback' must be one of"):
+        zoo.make_feedback("labels")
+    demos = Demonstrations([Trajectory(np.zeros((4, 3)), np.zeros((3, 1)), np.ones(3), True, False)])
+    demos.save(tmp_path / "demos.npz")
+    loaded = zoo.make_feedback("demonstrations", demonstrations_kwargs={"path": str(tmp_path / "demos.npz")})
+    assert isinstance(loaded, Demonstrations) and loaded.n_transitions == 3
+    with pytest.raises(ValueError, match="exactly one source"):
+        zoo.make_feedback("demonstrations", demonstrations_kwargs={"path": "a.npz", "minari": "b"})
+    with pytest.raises(ValueError, match="unknown keys"):
+        zoo.make_feedback("demonstrations", demonstrations_kwargs={"path": "a.npz", "episodes": 3})
+
+
+@pytest.mark.parametrize("algo,key", list(_entries()))
+def test_every_yaml_entry_builds_and_trains_one_step(tmp_path, algo, key):
+    """Every entry, through rl_zoo3's ExperimentManager (wrappers, frame stack, policy), with a
+    tiny replay buffer; 4 env steps with learning from step 2 make at least one gradient step."""
+    config = yaml.safe_load(zoo.default_config(algo).read_text())[key]
+    env_id = GENERIC_ATARI_ID if key == "atari" else key
+    manager = zoo.experiment_manager(
+        algo, env_id, tmp_path, n_timesteps=4, hyperparams={"buffer_size": 64, "learning_starts": 2, "batch_size": 8}
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        model, saved = manager.setup_experiment()
+    try:
+        model.learn(4)
+        assert model.num_timesteps == 4 and model._n_updates >= 1
+        assert saved["policy"] == config["policy"]
+        if config["policy"] == "CnnPolicy":  # Atari: stacked uint8 frames, each stored once
+            assert model.observation_space.shape == (4, 84, 84)
+            assert model.replay_buffer.observations.dtype == np.uint8
+            assert model.replay_buffer.optimize_memory_usage and isinstance(model.action_space, spaces.Discrete)
+        if algo == "sac":
+            assert not hasattr(model, "reward_model")
+            return
+        assert isinstance(model.feedback, SyntheticTeacher) and model.feedback.seed == 0
+        assert (model.n_queries, model.segment_length, model.outer_freq) == (
+            config["n_queries"], config["segment_length"], config["outer_freq"]
+        )
+        assert model.estimator == config["estimator"]
+        assert model.reward_model.hidden == tuple(config["reward_model_kwargs"]["hidden"])
+    finally:
+        model.env.close()
+
+
+def test_feedback_flag_goes_into_the_hyperparameters():
+    argv = train.zoo_argv(["--algo", "sobirl", "--env", "Pendulum-v1", "--feedback", "demonstrations", "-params", "n_queries:5"])
+    assert argv[argv.index("--conf-file") + 1] == str(zoo.CONFIG_DIR / "sobirl.yml")
+    params = argv[argv.index("-params") + 1 :]
+    assert params == ["feedback:'demonstrations'", "n_queries:5"]
+    assert "--conf-file" not in train.zoo_argv(["--algo", "ppo"])  # rl_zoo3's own config
+    with pytest.raises(SystemExit, match="--feedback applies"):
+        train.zoo_argv(["--algo", "sac", "--feedback", "preferences"])
+
+
+def _small_pendulum_params(*extra: str) -> list:
+    return [
+        "-params", "learning_starts:100", "outer_freq:100", "n_queries:20", "segment_length:10", "buffer_size:1000",
+        "reward_steps:5", "batch_size:32", "policy_kwargs:dict(net_arch=[32, 32])", "successor_net_arch:[32]",
+        "reward_model_kwargs:dict(hidden=[32])", *extra,
+    ]
+
+
+def test_train_and_enjoy_cli_on_pendulum(tmp_path, capsys):
+    train.main(
+        ["--algo", "sobirl", "--env", "Pendulum-v1", "-n", "300", "--seed", "1", "-f", str(tmp_path),
+         "--eval-freq", "200", "--eval-episodes", "1", "--verbose", "0", *_small_pendulum_params()]
+    )  # fmt: skip
+    run = tmp_path / "sobirl" / "Pendulum-v1_1"
+    assert (run / "Pendulum-v1.zip").is_file() and (run / "best_model.zip").is_file()
+    evaluations = np.load(run / "evaluations.npz")
+    assert list(evaluations["timesteps"]) == [200]
+    saved = yaml.load((run / "Pendulum-v1" / "config.yml").read_text(), Loader=yaml.UnsafeLoader)
+    assert saved["n_queries"] == 20 and saved["teacher_kwargs"] == {"beta": np.inf}
+
+    model = zoo.ALGORITHMS["sobirl"].load(run / "Pendulum-v1.zip", buffer_size=1)
+    assert type(model).__name__ == "SoBiRL" and 0 < len(model.preferences) <= 20
+
+    out = enjoy.main(["--algo", "sobirl", "--env", "Pendulum-v1", "-f", str(tmp_path), "-n", "200", "--record", "-o", str(tmp_path / "video")])
+    assert len(out["episode_returns"]) == 1 and out["episode_returns"][0] < 0  # Pendulum's TRUE reward is <= 0
+    assert list((tmp_path / "video").glob("*.mp4"))
+
+
+def test_demonstrations_feedback_through_the_cli(tmp_path):
+    import gymnasium as gym
+
+    demos = Demonstrations.collect(lambda obs: np.zeros(1, np.float32), gym.make("Pendulum-v1"), n_episodes=1, seed=0)
+    demos.save(tmp_path / "demos.npz")
+    train.main(
+        ["--algo", "drlhf", "--env", "Pendulum-v1", "-n", "150", "--seed", "0", "-f", str(tmp_path), "--eval-freq", "-1",
+         "--verbose", "0", "--feedback", "demonstrations",
+         *_small_pendulum_params(f"demonstrations_kwargs:dict(path='{tmp_path / 'demos.npz'}')")]
+    )  # fmt: skip
+    model = zoo.ALGORITHMS["drlhf"].load(tmp_path / "drlhf" / "Pendulum-v1_1" / "Pendulum-v1.zip", buffer_size=1)
+    assert not model.uses_preferences and model._n_outer >= 1
+
+
+def test_optimize_with_sqlite_storage(tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'tuning.db'}"
+    train.main(
+        ["--algo", "sobirl", "--env", "Pendulum-v1", "-n", "150", "-f", str(tmp_path), "-optimize", "--n-trials", "2",
+         "--n-startup-trials", "1", "--n-evaluations", "1", "--eval-episodes", "1", "--sampler", "random",
+         "--pruner", "none", "--no-optim-plots", "--storage", storage, "--study-name", "smoke", "--verbose", "0",
+         *_small_pendulum_params("learning_starts:140")]
+    )  # fmt: skip
+    trials = optuna.load_study(study_name="smoke", storage=storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    for trial in trials:  # our sampler: SAC's search space plus the outer level
+        assert {"reward_lr", "reward_steps", "outer_freq", "hypergrad_coef", "learning_rate"} <= set(trial.params)
+        assert np.isfinite(trial.value)
