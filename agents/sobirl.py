@@ -560,7 +560,8 @@ class SoBiRL(BilevelMixin, SAC):
         reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` with two
             hidden layers of 64 from the spaces, ``CnnReward`` for images).
         estimator: ``"successor"`` (default), ``"myopic"`` or ``"none"`` (DRLHF).
-        n_queries: total preference budget over one ``learn`` call.
+        n_queries: total preference budget of the agent (spent over the first ``learn`` call;
+            later calls ask only what is left of it).
         query_schedule: ``"front_loaded"`` (a quarter at the first outer step, the rest evenly),
             ``"budgeted"`` (evenly) or a :class:`birl.feedback.QuerySchedule` over outer steps.
         query_selection: ``"uniform"``, ``"disagreement"`` or ``"entropy"`` (the last two need a
