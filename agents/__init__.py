@@ -14,6 +14,8 @@ _LAZY = {
     "DRLHF": "agents.sobirl",
     "DiscreteDRLHF": "agents.sobirl",
     "DiscreteSAC": "agents.discrete_sac",
+    "MSoBiRL": "agents.msobirl",
+    "DiscreteMSoBiRL": "agents.msobirl",
 }
 
 __all__ = sorted(_LAZY)

@@ -44,7 +44,7 @@ from birl.tabular import TabularMDP, garnet, gridworld
 GAMMAS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
 LR_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
 INNER_STEPS = 10
-NOT_YET = ("mujoco", "atari", "model-based")
+NOT_YET: tuple = ()
 
 
 # ------------------------------------------------------------------ problems
@@ -412,9 +412,14 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--seed", type=int, default=0, help="seed of the garnet, x_true and solvers (default 0)")
     tab.add_argument("--out", default="benchmark", help="output folder (default ./benchmark)")
     tab.add_argument("--tune", action="store_true", help="pick step sizes on a grid first (about 5x longer)")
-    from agents import bench_pendulum
+    from agents import bench_model_based, bench_pendulum
 
     bench_pendulum.add_arguments(sub.add_parser("pendulum", help="SoBiRL / DRLHF / SAC on Pendulum-v1 (issue 5 targets)"))
+    bench_model_based.add_arguments(sub.add_parser("model-based", help="M-SoBiRL vs SoBiRL vs DRLHF (issue 7 targets)"))
+    from agents import bench_zoo
+
+    bench_zoo.add_mujoco_arguments(sub.add_parser("mujoco", help="SoBiRL / DRLHF / SAC on MuJoCo through rl_zoo3 (needs .[zoo,mujoco])"))
+    bench_zoo.add_atari_arguments(sub.add_parser("atari", help="SoBiRL / DRLHF / SAC on Atari through rl_zoo3 (needs .[zoo,atari])"))
     for name in NOT_YET:
         sub.add_parser(name, help="not implemented yet")
     return parser
@@ -431,6 +436,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from agents.bench_pendulum import run_pendulum
 
         run_pendulum(args)
+        return 0
+    if args.suite in ("mujoco", "atari"):
+        from agents import bench_zoo
+
+        (bench_zoo.run_mujoco if args.suite == "mujoco" else bench_zoo.run_atari)(args)
+        return 0
+    if args.suite == "model-based":
+        from agents.bench_model_based import run_model_based
+
+        run_model_based(args)
         return 0
     if args.outer_steps < 1:
         parser.error(f"--outer-steps must be >= 1, got {args.outer_steps}")

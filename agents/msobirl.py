@@ -98,11 +98,10 @@ class _MixedSampler:
 
     def sample(self, batch_size: int, env=None) -> ReplayBufferSamples:
         n_real = int(round(batch_size * self._ratio))
-        a = self._real.sample(max(1, n_real), env=env)
-        if batch_size - n_real <= 0:
-            return a
-        b = self._model.sample(batch_size - n_real, env=env)
-        return ReplayBufferSamples(*[None if x is None or y is None else th.cat([x, y]) for x, y in zip(a, b)])
+        parts = [buf.sample(k, env=env) for buf, k in ((self._real, n_real), (self._model, batch_size - n_real)) if k > 0]
+        if len(parts) == 1:
+            return parts[0]
+        return ReplayBufferSamples(*[None if x is None or y is None else th.cat([x, y]) for x, y in zip(*parts)])
 
 
 class _ModelEstimatorMixin:
@@ -218,7 +217,9 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
 
     def model_env(self, reward: bool = True) -> ModelEnv:
         """A :class:`birl.model_env.ModelEnv` on the learned ensemble with the learned reward."""
-        return ModelEnv(EnsembleDynamics(self.dynamics), self._reward_fn if reward else None)
+        env = ModelEnv(EnsembleDynamics(self.dynamics), self._reward_fn if reward else None)
+        env.generator = self._model_rng  # one seeded stream across rollouts
+        return env
 
     def _real_transitions(self) -> Tuple[np.ndarray, ...]:
         buf = self.replay_buffer
@@ -284,7 +285,6 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         m = self.branch_rollouts
         starts, first = obs.repeat((m,) + (1,) * (obs.ndim - 1)), buffer_act.repeat((m,) + (1,) * (buffer_act.ndim - 1))
         env = self.model_env(reward=False)
-        env.generator = self._model_rng
         with th.no_grad():
             q = env.rollout(starts, self._policy_sample, self.branch_horizon, first_actions=first)
             v = env.rollout(starts, self._policy_sample, self.branch_horizon)

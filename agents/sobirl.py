@@ -164,6 +164,7 @@ class BilevelMixin:
         self.preferences = PreferenceDataset()
         self._n_outer = 0
         self._n_asked = 0
+        self._successor_updates = 0
         self._last_outer_step = -1
         self._outer_total = None
 
@@ -287,7 +288,7 @@ class BilevelMixin:
     def _train_successor(self, gradient_steps: int, batch_size: int) -> None:
         """TD for ``Psi ~ grad_w Q`` with SAC's discount and Polyak targets (agents.successor)."""
         losses = []
-        for step in range(gradient_steps):
+        for _ in range(gradient_steps):
             data = self.replay_buffer.sample(batch_size, env=self._vec_normalize_env)
             discounts = data.discounts if getattr(data, "discounts", None) is not None else self.gamma
             grad_r = reward_head_gradient(
@@ -300,7 +301,8 @@ class BilevelMixin:
             loss.backward()
             self.successor_optimizer.step()
             losses.append(loss.item())
-            if step % self.target_update_interval == 0:
+            self._successor_updates += 1
+            if self._successor_updates % self.target_update_interval == 0:  # counted over the whole run
                 polyak_update(self.successor.parameters(), self.successor_target.parameters(), self.tau)
         if losses:
             self.logger.record("train/successor_loss", float(np.mean(losses)))
@@ -316,12 +318,17 @@ class BilevelMixin:
         return BudgetedSchedule(self.n_queries, self._outer_total or 1, initial_fraction=front)
 
     def _recent_window(self) -> Dict[str, np.ndarray]:
-        """The last ``outer_freq`` transitions per env, in time order (nearly on-policy data)."""
+        """The last ``outer_freq`` transitions per env, in time order (nearly on-policy data),
+        with actions converted to env units."""
         buf: BilevelReplayBuffer = self.replay_buffer
         n_filled = buf.buffer_size if buf.full else buf.pos
         length = min(n_filled, max(self.outer_freq, 2 * self.segment_length))
         idx = (buf.pos - length + np.arange(length)) % buf.buffer_size
-        return buf.window(idx)
+        win = buf.window(idx)
+        # segments carry actions in env units, as the reward model sees them everywhere else
+        acts = win["acts"]
+        win["acts"] = self._env_actions(acts.reshape((-1,) + acts.shape[2:])).reshape(acts.shape)
+        return win
 
     def _query(self) -> Optional[Tuple[SegmentBatch, SegmentBatch, np.ndarray]]:
         """Ask the teacher about new pairs from recent rollouts; store them; return the labelled pairs."""

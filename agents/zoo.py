@@ -43,6 +43,7 @@ before :func:`register`::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -57,6 +58,7 @@ __all__ = [
     "make_feedback",
     "make_reward_model",
     "bilevel_kwargs",
+    "bilevel_keys",
     "bilevel_sampler",
     "CONFIG_DIR",
     "default_config",
@@ -122,11 +124,11 @@ def _expert_rollouts(settings: Dict[str, Any], env: Any) -> Any:
             "observations after the zoo's wrappers; save Demonstrations to an .npz and use 'path'"
         )
     spec = env.get_attr("spec")[0] if hasattr(env, "get_attr") else env.spec
-    rollout_env = spec.make()
+    rollout_env = dataclasses.replace(spec, additional_wrappers=()).make()  # without the zoo's Monitor etc.
     algo = ALGORITHMS.get(settings.get("expert_algo", "sac"))
     if algo is None:
         raise ValueError(f"demonstrations_kwargs.expert_algo must be one of {sorted(ALGORITHMS)}, got {settings['expert_algo']!r}")
-    expert = algo.load(settings["expert"], env=None, device="cpu")
+    expert = algo.load(settings["expert"], env=None, device="cpu", buffer_size=1)  # no replay memory needed
     try:
         return Demonstrations.collect(
             expert, rollout_env, int(settings.get("n_episodes", 10)), seed=settings.get("seed"),
@@ -199,6 +201,13 @@ def make_reward_model(reward_model_kwargs: Any, observation_space: Any, action_s
         raise TypeError(f"reward_model_kwargs for {cls.__name__}: {err}") from err
 
 
+def bilevel_keys() -> frozenset:
+    """Hyperparameter keys that only bilevel algorithms accept (constructor and YAML-friendly)."""
+    from agents.sobirl import _BILEVEL_DEFAULTS
+
+    return frozenset(_BILEVEL_DEFAULTS) | frozenset(_FEEDBACK_KEYS)
+
+
 def bilevel_kwargs(hyperparams: Dict[str, Any], env: Any, seed: Optional[int] = None) -> Dict[str, Any]:
     """Replace the YAML-friendly keys (module docstring) by ``feedback`` / ``reward_model`` objects."""
     kwargs = dict(hyperparams)
@@ -210,6 +219,10 @@ def bilevel_kwargs(hyperparams: Dict[str, Any], env: Any, seed: Optional[int] = 
     if settings["reward_model_kwargs"] is not None:
         if kwargs.get("reward_model") is not None:
             raise ValueError("give either 'reward_model' (an object) or 'reward_model_kwargs' (its architecture), not both")
+        if seed is not None:  # the agent seeds itself later: make the reward model's init reproducible too
+            from stable_baselines3.common.utils import set_random_seed
+
+            set_random_seed(seed)
         kwargs["reward_model"] = make_reward_model(settings["reward_model_kwargs"], agent_observation_space(env), env.action_space)
     return kwargs
 
@@ -252,7 +265,18 @@ class ZooAlgorithm:
         return self.select(env.action_space)(policy, env, **hyperparams)
 
     def load(self, path: Any, env: Any = None, **kwargs: Any) -> Any:
-        """Load a saved agent with the class that matches its (saved, or ``env``'s) action space."""
+        """Load a saved agent with the class that matches its (saved, or ``env``'s) action space.
+
+        For bilevel algorithms the YAML feedback keys may come along (rl_zoo3 passes the
+        hyperparameters when training continues, ``-i``): ``feedback`` is rebuilt as an object,
+        the reward model's architecture is the saved one.
+        """
+        if self.bilevel:
+            settings = {key: kwargs.pop(key, None) for key in _FEEDBACK_KEYS}
+            if settings["feedback"] is not None:
+                kwargs["feedback"] = make_feedback(
+                    settings["feedback"], settings["teacher_kwargs"], settings["demonstrations_kwargs"], env=env, seed=kwargs.get("seed")
+                )
         if env is not None:
             action_space = env.action_space
         else:
@@ -386,6 +410,7 @@ def experiment_manager(
     ``ExperimentManager``.  Use ``model, _ = manager.setup_experiment()``, then
     ``manager.learn(model)`` and ``manager.save_trained_model(model)``.
     """
+    kwargs.setdefault("log_interval", -1)  # rl_zoo3's CLI default (the class default 0 divides by zero)
     register()
     from rl_zoo3.exp_manager import ExperimentManager
 

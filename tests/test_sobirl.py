@@ -45,6 +45,9 @@ def test_pendulum_smoke_save_load_predict(tmp_path, algo):
     model = algo("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast())
     model.learn(300)
     assert len(model.preferences) > 0
+    # queried segments carry env-unit actions (Pendulum: [-2, 2]), as relabelling and the env wrapper use
+    s1, s2, _ = model.preferences[np.arange(len(model.preferences))]
+    assert max(np.abs(s1.acts).max(), np.abs(s2.acts).max()) > 1.0
     assert np.isfinite(model.preference_accuracy())
     obs = obs_batch(model.env)
     act, _ = model.predict(obs, deterministic=True)

@@ -44,16 +44,16 @@ def test_tabular_classifier_inner_solution_is_softmax_of_reward():
     np.testing.assert_allclose(p[seen], q[seen], atol=1e-5)
 
 
-@pytest.mark.parametrize("tabular", [True, False])
-def test_bilevel_training_matches_cross_entropy_on_training_nll(tabular):
+@pytest.mark.parametrize("tabular, steps, tol", [(True, 30, 2e-3), (False, 80, 5e-4)])
+def test_bilevel_training_matches_cross_entropy_on_training_nll(tabular, steps, tol):
     """The bilevel optimum cannot beat maximum likelihood on the training NLL (the inner solutions
     range over the same classifier class) and should reach it; both are reported on test data."""
     data = make_classification(n_inputs=6, n_features=2, n_classes=3, n_train=60, seed=0, tabular=tabular)
-    bilevel, ce = fit_bilevel(data, tau=1.0, outer_steps=80, lr=0.5), fit_cross_entropy(data)
+    bilevel, ce = fit_bilevel(data, tau=1.0, outer_steps=steps, lr=0.5), fit_cross_entropy(data)
     b, c = evaluate(data, bilevel.theta), evaluate(data, ce.theta)
     assert bilevel.train_nll[-1] < bilevel.train_nll[0] - 0.1
     assert b["train_nll"] >= c["train_nll"] - 1e-6
-    assert b["train_nll"] <= c["train_nll"] + 5e-3
+    assert b["train_nll"] <= c["train_nll"] + tol
     assert np.isfinite(b["test_nll"]) and 0 <= b["test_acc"] <= 1
 
 

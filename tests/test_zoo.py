@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -79,6 +80,13 @@ def test_feedback_from_yaml_settings(tmp_path):
     demos.save(tmp_path / "demos.npz")
     loaded = zoo.make_feedback("demonstrations", demonstrations_kwargs={"path": str(tmp_path / "demos.npz")})
     assert isinstance(loaded, Demonstrations) and loaded.n_transitions == 3
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.env_util import make_vec_env
+
+    env = make_vec_env("Pendulum-v1")
+    SAC("MlpPolicy", env, buffer_size=10).save(tmp_path / "expert.zip")
+    rollouts = zoo.make_feedback("demonstrations", demonstrations_kwargs={"expert": str(tmp_path / "expert.zip"), "n_episodes": 2}, env=env)
+    assert len(rollouts) == 2 and rollouts.n_transitions == 400  # two full Pendulum episodes
     with pytest.raises(ValueError, match="exactly one source"):
         zoo.make_feedback("demonstrations", demonstrations_kwargs={"path": "a.npz", "minari": "b"})
     with pytest.raises(ValueError, match="unknown keys"):
@@ -86,9 +94,10 @@ def test_feedback_from_yaml_settings(tmp_path):
 
 
 @pytest.mark.parametrize("algo,key", list(_entries()))
-def test_every_yaml_entry_builds_and_trains_one_step(tmp_path, algo, key):
+def test_every_yaml_entry_builds_and_trains_one_step(tmp_path, monkeypatch, algo, key):
     """Every entry, through rl_zoo3's ExperimentManager (wrappers, frame stack, policy), with a
     tiny replay buffer; 4 env steps with learning from step 2 make at least one gradient step."""
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT (model compiler warnings) into the cwd
     config = yaml.safe_load(zoo.default_config(algo).read_text())[key]
     env_id = GENERIC_ATARI_ID if key == "atari" else key
     manager = zoo.experiment_manager(
@@ -150,6 +159,14 @@ def test_train_and_enjoy_cli_on_pendulum(tmp_path, capsys):
     model = zoo.ALGORITHMS["sobirl"].load(run / "Pendulum-v1.zip", buffer_size=1)
     assert type(model).__name__ == "SoBiRL" and 0 < len(model.preferences) <= 20
 
+    train.main(  # continue training (rl_zoo3 passes the YAML hyperparameters to load)
+        ["--algo", "sobirl", "--env", "Pendulum-v1", "-n", "50", "-f", str(tmp_path), "-i", str(run / "Pendulum-v1.zip"),
+         "--eval-freq", "-1", "--verbose", "0", *_small_pendulum_params()]
+    )  # fmt: skip
+    resumed = zoo.ALGORITHMS["sobirl"].load(tmp_path / "sobirl" / "Pendulum-v1_2" / "Pendulum-v1.zip", buffer_size=1)
+    assert isinstance(resumed.feedback, SyntheticTeacher) and resumed.num_timesteps == 50  # rl_zoo3 restarts the count
+    assert len(resumed.preferences) >= len(model.preferences)  # the labels of the first run were kept
+
     out = enjoy.main(["--algo", "sobirl", "--env", "Pendulum-v1", "-f", str(tmp_path), "-n", "200", "--record", "-o", str(tmp_path / "video")])
     assert len(out["episode_returns"]) == 1 and out["episode_returns"][0] < 0  # Pendulum's TRUE reward is <= 0
     assert list((tmp_path / "video").glob("*.mp4"))
@@ -184,3 +201,50 @@ def test_optimize_with_sqlite_storage(tmp_path):
     for trial in trials:  # our sampler: SAC's search space plus the outer level
         assert {"reward_lr", "reward_steps", "outer_freq", "hypergrad_coef", "learning_rate"} <= set(trial.params)
         assert np.isfinite(trial.value)
+
+
+def test_same_seed_same_agent(tmp_path):
+    """The reward model is built before the agent seeds itself: it must be seeded too."""
+
+    def reward_weights(folder):
+        manager = zoo.experiment_manager("sobirl", "Pendulum-v1", folder, seed=3, hyperparams={"buffer_size": 64})
+        with contextlib.redirect_stdout(io.StringIO()):
+            model, _ = manager.setup_experiment()
+        model.env.close()
+        return [p.detach().clone() for p in model.reward_model.parameters()]
+
+    first, second = reward_weights(tmp_path / "a"), reward_weights(tmp_path / "b")
+    assert all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(first, second))
+
+
+def test_iqm_with_confidence_interval():
+    from agents import bench_zoo
+
+    scores = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 100.0]  # IQM ignores the outlier: mean of 2..5
+    iqm, lo, hi = bench_zoo.iqm_with_ci(scores, reps=200)
+    assert iqm == pytest.approx(3.5) and lo <= iqm <= hi and hi < 50
+
+
+def test_benchmark_end_to_end_and_resume(tmp_path, capsys):
+    """A tiny suite (SoBiRL and SAC, one seed, 60 steps) in a process pool, then a resumed rerun."""
+    import argparse
+
+    from agents import bench_zoo
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    args = parser.parse_args(
+        ["--envs", "Pendulum-v1", "--algos", "sobirl,sac", "--seeds", "1", "--steps", "60", "--queries", "4",
+         "--evaluations", "1", "--eval-episodes", "1", "--backend", "processes", "--workers", "1", "--out", str(tmp_path),
+         "-params", "learning_starts:20", "outer_freq:20", "segment_length:5", "reward_steps:2", "batch_size:16"]
+    )  # fmt: skip
+    text = bench_zoo.run_mujoco(args)
+    records = sorted((tmp_path / "zoo_runs" / "mujoco" / "Pendulum-v1").glob("*.json"))
+    assert [p.name.split("_")[0] for p in records] == ["random", "sac", "sobirl"]
+    sobirl = json.loads(records[-1].read_text())
+    assert sobirl["env_steps"] == 60 and sobirl["labels"] > 0 and sobirl["curve_steps"] == [60]
+    assert "| sobirl | 1 |" in text and "| sac | 1 |" in text and (tmp_path / "curves_mujoco_Pendulum-v1.png").is_file()
+    assert (tmp_path / "results.md").read_text().count("## mujoco") == 1
+    capsys.readouterr()
+    bench_zoo.run_mujoco(args)
+    assert "3 of 3 runs already done; running 0" in capsys.readouterr().out
