@@ -45,7 +45,7 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from agents.buffers import BilevelReplayBuffer
-from agents.sobirl import DiscreteSoBiRL, SoBiRL, _leave_one_out
+from agents.sobirl import ESTIMATORS, DiscreteSoBiRL, SoBiRL, _leave_one_out
 from birl.dynamics import EnsembleConfig, GaussianEnsemble, TabularCounts
 from birl.feedback import bradley_terry_nll, segment_returns
 from birl.hypergrad import hypergradient
@@ -105,15 +105,10 @@ class _MixedSampler:
 
 
 class _ModelEstimatorMixin:
-    """Accept ``estimator="model"`` (the default) in SoBiRL's argument validation."""
+    """``estimator="model"`` (the default) on top of SoBiRL's estimators."""
 
     default_estimator = "model"
-
-    def _init_bilevel(self, feedback, estimator: Optional[str] = None, **kwargs: Any) -> None:
-        est = self.default_estimator if estimator is None else estimator
-        # "model" replaces the one-step surrogate slot of SoBiRL, so it validates as "myopic"
-        super()._init_bilevel(feedback, estimator="myopic" if est == "model" else est, **kwargs)
-        self.estimator = est
+    estimators = ESTIMATORS + ("model",)
 
 
 def _pop_model_kwargs(kwargs: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:

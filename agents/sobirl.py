@@ -85,6 +85,9 @@ class BilevelMixin:
     """The outer level shared by the continuous and discrete agents (see module docstring)."""
 
     default_estimator: ClassVar[str] = "successor"
+    #: estimators this class accepts; subclasses add theirs (M-SoBiRL adds ``"model"``, which
+    #: takes the one-step surrogate's place through ``_myopic_directions``/``_one_step_advantage``)
+    estimators: ClassVar[Tuple[str, ...]] = ESTIMATORS
 
     # ------------------------------------------------------------------ construction
     def _init_bilevel(
@@ -126,8 +129,8 @@ class BilevelMixin:
                 "estimator='branch' needs state cloning inside the agent and is available for tabular "
                 "problems only (birl.hypergrad); use 'successor' or 'myopic'"
             )
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if estimator not in self.estimators:
+            raise ValueError(f"estimator must be one of {self.estimators}, got {estimator!r}")
         for name, value in (
             ("n_queries", n_queries),
             ("segment_length", segment_length),
