@@ -45,6 +45,18 @@ def _rng(rng: Union[np.random.Generator, int, None]) -> np.random.Generator:
     raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
+def _check_optional_fields(seg: Any, reward_shape: Tuple[int, ...]) -> None:
+    """Validate (and convert in place) ``next_obs`` and ``learned_rewards`` of a segment or batch."""
+    if seg.next_obs is not None:
+        seg.next_obs = _arr(seg.next_obs, "next_obs")
+        if seg.next_obs.shape != seg.obs.shape:
+            raise ValueError(f"next_obs must have the shape of obs {seg.obs.shape}, got {seg.next_obs.shape}")
+    if seg.learned_rewards is not None:
+        seg.learned_rewards = _arr(seg.learned_rewards, "learned_rewards").astype(np.float64, copy=False)
+        if seg.learned_rewards.shape != reward_shape:
+            raise ValueError(f"learned_rewards must have shape {reward_shape}, got {seg.learned_rewards.shape}")
+
+
 @dataclass
 class Segment:
     """One fragment of ``H`` transitions.
@@ -80,14 +92,7 @@ class Segment:
         for name in ("obs", "acts"):
             if getattr(self, name).ndim == 0 or getattr(self, name).shape[0] != h:
                 raise ValueError(f"{name} must have length H={h} (from true_rewards), got shape {getattr(self, name).shape}")
-        if self.next_obs is not None:
-            self.next_obs = _arr(self.next_obs, "next_obs")
-            if self.next_obs.shape != self.obs.shape:
-                raise ValueError(f"next_obs must have the shape of obs {self.obs.shape}, got {self.next_obs.shape}")
-        if self.learned_rewards is not None:
-            self.learned_rewards = _arr(self.learned_rewards, "learned_rewards").astype(np.float64, copy=False)
-            if self.learned_rewards.shape != (h,):
-                raise ValueError(f"learned_rewards must have shape ({h},), got {self.learned_rewards.shape}")
+        _check_optional_fields(self, (h,))
 
     @property
     def horizon(self) -> int:
@@ -127,14 +132,7 @@ class SegmentBatch:
             a = getattr(self, name)
             if a.ndim < 2 or a.shape[:2] != (n, h):
                 raise ValueError(f"{name} must have shape [N={n}, H={h}, ...] (from true_rewards), got {a.shape}")
-        if self.next_obs is not None:
-            self.next_obs = _arr(self.next_obs, "next_obs")
-            if self.next_obs.shape != self.obs.shape:
-                raise ValueError(f"next_obs must have the shape of obs {self.obs.shape}, got {self.next_obs.shape}")
-        if self.learned_rewards is not None:
-            self.learned_rewards = _arr(self.learned_rewards, "learned_rewards").astype(np.float64, copy=False)
-            if self.learned_rewards.shape != (n, h):
-                raise ValueError(f"learned_rewards must have shape ({n}, {h}), got {self.learned_rewards.shape}")
+        _check_optional_fields(self, (n, h))
         defaults = {"env_ids": 0, "episode_ids": -1, "starts": -1}
         for name, default in defaults.items():
             v = getattr(self, name)
