@@ -128,8 +128,6 @@ _MODEL_DEFAULTS = dict(
     rollout_schedule=(0, 10_000, 1, 5),
     model_retain=4,
     real_ratio=0.1,
-    branch_horizon=10,
-    branch_rollouts=1,
     branch_steps=5,
 )
 
@@ -156,15 +154,15 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
 
     def __init__(self, policy, env, feedback=None, **kwargs: Any) -> None:
         model_kw = _pop_model_kwargs(kwargs, _MODEL_DEFAULTS)
+        kwargs.setdefault("branch_horizon", 10)  # branch_horizon/branch_rollouts live on the bilevel mixin
         if kwargs.get("_init_setup_model", True):
             self._init_model_based(**model_kw)
         super().__init__(policy, env, feedback=feedback, **kwargs)
 
     def _init_model_based(self, dynamics_kwargs, model_fit_kwargs, model_train_freq, model_rollout_freq, rollout_batch_size,
-                          rollout_schedule, model_retain, real_ratio, branch_horizon, branch_rollouts, branch_steps) -> None:
+                          rollout_schedule, model_retain, real_ratio, branch_steps) -> None:
         for name, v in (("model_train_freq", model_train_freq), ("model_rollout_freq", model_rollout_freq),
-                        ("rollout_batch_size", rollout_batch_size), ("model_retain", model_retain),
-                        ("branch_horizon", branch_horizon), ("branch_rollouts", branch_rollouts)):
+                        ("rollout_batch_size", rollout_batch_size), ("model_retain", model_retain)):
             if int(v) != v or v < 1:
                 raise ValueError(f"{name} must be a positive integer, got {v!r}")
         if branch_steps is not None and (int(branch_steps) != branch_steps or branch_steps < 1):
@@ -177,7 +175,6 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         self.model_train_freq, self.model_rollout_freq = int(model_train_freq), int(model_rollout_freq)
         self.rollout_batch_size, self.rollout_schedule = int(rollout_batch_size), tuple(rollout_schedule)
         self.model_retain, self.real_ratio = int(model_retain), float(real_ratio)
-        self.branch_horizon, self.branch_rollouts = int(branch_horizon), int(branch_rollouts)
         self.branch_steps = None if branch_steps is None else int(branch_steps)
         self._last_model_fit, self._last_model_rollout = -1, -1
 

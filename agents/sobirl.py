@@ -51,6 +51,7 @@ from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 
+from agents.branching import SnapshotLog, branch_rollout_gradient, check_branchable
 from agents.buffers import BilevelReplayBuffer
 from agents.discrete_sac import DiscreteSAC
 from agents.successor import SuccessorCritic, reward_head_gradient, successor_loss, td_target
@@ -72,7 +73,7 @@ from envs.reward_wrapper import VecParameterisedReward
 
 __all__ = ["SoBiRL", "DiscreteSoBiRL", "DRLHF", "DiscreteDRLHF", "ESTIMATORS"]
 
-ESTIMATORS = ("successor", "myopic", "none")
+ESTIMATORS = ("successor", "myopic", "branch", "none")
 
 
 def _leave_one_out(l: th.Tensor) -> th.Tensor:
@@ -113,6 +114,9 @@ class BilevelMixin:
         n_action_samples: int,
         demo_batch_size: int,
         relabel_batch_size: int,
+        branch_states: int,
+        branch_horizon: int,
+        branch_rollouts: int,
     ) -> None:
         if feedback is None:
             raise ValueError(
@@ -124,11 +128,8 @@ class BilevelMixin:
         if isinstance(feedback, Demonstrations) and len(feedback) == 0:
             raise ValueError("feedback: the Demonstrations hold no trajectory")
         estimator = self.default_estimator if estimator is None else estimator
-        if estimator == "branch":
-            raise ValueError(
-                "estimator='branch' needs state cloning inside the agent and is available for tabular "
-                "problems only (birl.hypergrad); use 'successor' or 'myopic'"
-            )
+        if estimator == "branch" and isinstance(feedback, Demonstrations):
+            raise ValueError("estimator='branch' needs preference feedback: expert states cannot be restored")
         if estimator not in self.estimators:
             raise ValueError(f"estimator must be one of {self.estimators}, got {estimator!r}")
         for name, value in (
@@ -141,6 +142,9 @@ class BilevelMixin:
             ("n_action_samples", n_action_samples),
             ("demo_batch_size", demo_batch_size),
             ("relabel_batch_size", relabel_batch_size),
+            ("branch_states", branch_states),
+            ("branch_horizon", branch_horizon),
+            ("branch_rollouts", branch_rollouts),
         ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -163,6 +167,7 @@ class BilevelMixin:
         self.storm_mu, self.successor_lr, self.successor_net_arch = storm_mu, successor_lr, tuple(successor_net_arch)
         self.n_action_samples, self.demo_batch_size = int(n_action_samples), int(demo_batch_size)
         self.relabel_batch_size = int(relabel_batch_size)
+        self.branch_states, self.branch_horizon, self.branch_rollouts = int(branch_states), int(branch_horizon), int(branch_rollouts)
         self._reward_model_init = reward_model
         self.preferences = PreferenceDataset()
         self._n_outer = 0
@@ -198,7 +203,7 @@ class BilevelMixin:
     def _setup_bilevel(self) -> None:
         """Build reward model, successor critic and optimisers; wrap the env (after SB3's setup)."""
         obs_space, act_space = self.observation_space, self.action_space
-        self._storm_state, self._demo_data = None, None
+        self._storm_state, self._demo_data, self._snapshots = None, None, None
         if getattr(self, "_reward_model_init", None) is not None:
             model = self._reward_model_init
             self._reward_model_spec = (type(model).__name__, model.config())
@@ -222,6 +227,14 @@ class BilevelMixin:
         self._outer_rng = np.random.default_rng(self.seed)
         if self.env is not None:
             self._wrap_reward_env()
+            self._setup_snapshots()
+
+    def _setup_snapshots(self) -> None:
+        """``branch``: check the envs can be cloned (at construction) and start the snapshot log."""
+        self._snapshots = None
+        if self.estimator == "branch":
+            check_branchable(self.env)
+            self._snapshots = SnapshotLog(self.env, keep=max(self.outer_freq, 2 * self.segment_length) + 2)
 
     def _check_reward_model(self, model: th.nn.Module) -> None:
         """Fail at construction, not mid-training, when the model does not fit the env."""
@@ -254,6 +267,7 @@ class BilevelMixin:
         super().set_env(env, force_reset=force_reset)
         if getattr(self, "reward_model", None) is not None:
             self._wrap_reward_env()
+            self._setup_snapshots()
 
     def _setup_learn(self, total_timesteps: int, *args, **kwargs):
         out = super()._setup_learn(total_timesteps, *args, **kwargs)
@@ -261,7 +275,14 @@ class BilevelMixin:
         start = max(self.num_timesteps, self.learning_starts)
         expected = -(-max(0, self._total_timesteps - start - 1) // self.outer_freq)
         self._outer_total = self._n_outer + max(1, expected - 1)  # the last one completes the budget
+        if self._snapshots is not None:
+            self._snapshots.record(self.replay_buffer.pos)
         return out
+
+    def _store_transition(self, replay_buffer, *args, **kwargs) -> None:
+        super()._store_transition(replay_buffer, *args, **kwargs)
+        if self._snapshots is not None:  # the envs' states now produce the next row's observations
+            self._snapshots.record(replay_buffer.pos)
 
     # ------------------------------------------------------------------ policy access
     def _tau(self) -> float:
@@ -327,6 +348,7 @@ class BilevelMixin:
         n_filled = buf.buffer_size if buf.full else buf.pos
         length = min(n_filled, max(self.outer_freq, 2 * self.segment_length))
         idx = (buf.pos - length + np.arange(length)) % buf.buffer_size
+        self._window_rows = idx
         win = buf.window(idx)
         # segments carry actions in env units, as the reward model sees them everywhere else
         acts = win["acts"]
@@ -374,6 +396,48 @@ class BilevelMixin:
             total = total + adv.reshape(n, h, -1).sum(1)
         return total / self._tau()
 
+    def _branch_directions(self, batches: Sequence[SegmentBatch]) -> th.Tensor:
+        """``branch`` (agents.branching): ``(1/tau) sum_i sum_h [grad_w Q - grad_w V](s_h, a_h)`` ``[N, k]``
+        from fresh rollouts restarted at ``branch_states`` visited pairs drawn uniformly (reweighted)."""
+        n, h = batches[0].acts.shape[:2]
+        total = n * len(batches) * h
+        chosen = self._outer_rng.choice(total, size=min(self.branch_states, total), replace=False)
+        weight = total / (chosen.size * self.branch_rollouts)
+        out = th.zeros(n, self.reward_model.feature_dim, device=self.device)
+        current = self._snapshots.current()
+        discrete = isinstance(self.action_space, spaces.Discrete)
+        head_gradient = lambda o, a, s2: reward_head_gradient(self.reward_model, self._as_input(o), self._as_input(a), self._as_input(s2))  # noqa: E731
+        for entry in chosen:
+            m, rest = divmod(int(entry), len(batches) * h)
+            i, t = divmod(rest, h)
+            seg = batches[i]
+            env_id = int(seg.env_ids[m])
+            snap = self._snapshots.get(int(self._window_rows[seg.starts[m] + t]), env_id)
+            act = seg.acts[m, t]
+            first = int(np.asarray(act).reshape(-1)[0]) if discrete else np.asarray(act, dtype=np.float32)
+            for _ in range(self.branch_rollouts):
+                g = [
+                    branch_rollout_gradient(self._snapshots, env_id, snap, seg.obs[m, t], a0, self._branch_action,
+                                            head_gradient, self.gamma, self.branch_horizon, self._outer_rng)
+                    for a0 in (first, None)
+                ]
+                out[m] += weight * (g[0] - g[1])
+        self._snapshots.restore_all(current)
+        return out / self._tau()
+
+    def _as_input(self, x: np.ndarray) -> th.Tensor:
+        x = np.asarray(x)
+        return th.as_tensor(x.astype(np.float32) if np.issubdtype(x.dtype, np.floating) else x, device=self.device)
+
+    def _branch_action(self, obs: np.ndarray):
+        """One action of the current policy at a single raw observation, in env units."""
+        obs_t = self._as_input(np.asarray(obs)[None])
+        with th.no_grad():
+            sample, probs = self._policy_tools(obs_t)
+            if probs is not None:
+                return int(th.multinomial(probs, 1).item())
+            return self._env_actions(sample(obs_t).cpu().numpy())[0]
+
     def _myopic_directions(self, batches: Sequence[SegmentBatch]) -> th.Tensor:
         """``(1/tau) sum_i sum_h [r(s,a) - E_pi r(s,.)]`` ``[N]``, differentiable in the reward
         parameters: the released paper code's one-step surrogate."""
@@ -416,7 +480,7 @@ class BilevelMixin:
             label_smoothing=self.label_smoothing, reduction="none",
         )
         centred = _leave_one_out(l.detach())
-        if self.estimator == "successor":
+        if self.estimator in ("successor", "branch"):
             G = (centred[:, None] * score_dirs).mean(0)
             return self.hypergrad_coef * (self.reward_model.head.weight.reshape(-1) * G).sum()
         return self.hypergrad_coef * (centred * self._myopic_directions([s1, s2])).mean()
@@ -453,8 +517,11 @@ class BilevelMixin:
             if len(self.preferences) == 0:
                 self._n_outer += 1
                 return
-            if on_policy is not None and self.estimator == "successor" and len(on_policy[2]) >= 2:
-                score_dirs = self._score_directions([on_policy[0], on_policy[1]])
+            if on_policy is not None and len(on_policy[2]) >= 2 and self.num_timesteps >= self.hypergrad_warmup:
+                if self.estimator == "successor":
+                    score_dirs = self._score_directions([on_policy[0], on_policy[1]])
+                elif self.estimator == "branch":
+                    score_dirs = self._branch_directions([on_policy[0], on_policy[1]])
         elif self._demo_data is None:
             self._demo_data = self.feedback.transitions()
 
@@ -519,7 +586,7 @@ class BilevelMixin:
 
     # ------------------------------------------------------------------ persistence
     def _excluded_save_params(self):
-        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data"]
+        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots"]
 
     def _get_torch_save_params(self):
         state_dicts, variables = super()._get_torch_save_params()
@@ -550,6 +617,9 @@ _BILEVEL_DEFAULTS = dict(
     n_action_samples=4,
     demo_batch_size=256,
     relabel_batch_size=8192,
+    branch_states=32,
+    branch_horizon=100,
+    branch_rollouts=1,
 )
 
 
@@ -569,7 +639,8 @@ class SoBiRL(BilevelMixin, SAC):
             :class:`birl.feedback.Demonstrations` (ML-IRL).  Required.
         reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` with two
             hidden layers of 64 from the spaces, ``CnnReward`` for images).
-        estimator: ``"successor"`` (default), ``"myopic"`` or ``"none"`` (DRLHF).
+        estimator: ``"successor"`` (default), ``"myopic"``, ``"branch"`` (clonable envs:
+            tabular, MuJoCo, ALE; :mod:`agents.branching`) or ``"none"`` (DRLHF).
         n_queries: total preference budget of the agent (spent over the first ``learn`` call;
             later calls ask only what is left of it).
         query_schedule: ``"front_loaded"`` (a quarter at the first outer step, the rest evenly),
@@ -588,6 +659,9 @@ class SoBiRL(BilevelMixin, SAC):
         n_action_samples: actions sampled to estimate ``E_pi`` for continuous actions.
         demo_batch_size: expert transitions per ML-IRL step.
         relabel_batch_size: batch size of the replay relabelling pass.
+        branch_states, branch_horizon, branch_rollouts: ``branch`` estimator: visited pairs
+            restarted per outer step (uniform subsample, reweighted), rollout truncation length and
+            rollouts per pair and action.
         **kwargs: every other argument of :class:`stable_baselines3.SAC`.
     """
 

@@ -8,7 +8,7 @@ from stable_baselines3.common.logger import configure
 
 from agents.sobirl import DRLHF, DiscreteDRLHF, DiscreteSoBiRL, SoBiRL
 from agents.successor import reward_head_gradient
-from birl.feedback import Demonstrations, SyntheticTeacher
+from birl.feedback import Demonstrations, SyntheticTeacher, sample_segments_from_buffer
 from birl.hypergrad import hypergradient
 from birl.losses import DemonstrationNLL
 from birl.reward_models import MlpReward
@@ -152,3 +152,52 @@ def test_successor_estimator_matches_exact_on_tabular_env():
     estimate = -(loss.weights[..., None] * learned).sum((0, 1)) / model.alpha
     cos = exact @ estimate / (np.linalg.norm(exact) * np.linalg.norm(estimate))
     assert cos >= 0.95
+
+
+def _truncated_advantage(mdp, model, horizon):
+    """Exact ``grad_w(Q - V)`` of the agent's current policy with sums truncated at ``horizon``."""
+    S, A = mdp.n_states, mdp.n_actions
+    obs, act = th.arange(S).repeat_interleave(A), th.arange(A).repeat(S)
+    g = reward_head_gradient(model.reward_model, obs, act, obs).numpy().reshape(S, A, -1).astype(np.float64)
+    with th.no_grad():
+        pi = model.actor.action_probs(th.arange(S))[0].numpy().astype(np.float64)
+    pi /= pi.sum(1, keepdims=True)
+    P_pi = np.einsum("sa,sat->st", pi, mdp.P)
+    gV = np.zeros((S, g.shape[-1]))
+    for _ in range(horizon - 1):  # V_T = pi.g + gamma P_pi V_{T-1}
+        gV = (pi[..., None] * g).sum(1) + model.gamma * P_pi @ gV
+    gQ = g + model.gamma * np.einsum("sat,tk->sak", mdp.P, gV)
+    gV = (pi[..., None] * gQ).sum(1)
+    return gQ - gV[:, None]
+
+
+def test_branch_estimator_restarts_from_snapshots_and_converges():
+    mdp, x_true, env = tabular_env()
+    model = DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), estimator="branch", gamma=0.9, seed=0,
+                           branch_states=8, **fast())
+    model.learn(250)  # outer steps run the estimator inside training
+    win = model._recent_window()
+    segs = sample_segments_from_buffer(win["obs"], win["acts"], win["true_rewards"], win["dones"], horizon=5, n=2,
+                                       rng=0, next_obs=win["next_obs"])
+    pair = [segs[np.array([0])], segs[np.array([1])]]
+    current = model._snapshots.current()
+    # snapshots are aligned with replay rows: restoring one puts the env in that row's state
+    for seg in pair:
+        for t in range(5):
+            snap = model._snapshots.get(int(model._window_rows[seg.starts[0] + t]), 0)
+            model._snapshots.cloners[0].restore(model._snapshots.envs[0], snap)
+            assert env.unwrapped.state == int(seg.obs[0, t].reshape(-1)[0])
+    model._snapshots.restore_all(current)
+    before = env.unwrapped.get_state()
+    model.branch_states, model.branch_horizon = 10, 25
+    errors = {}
+    adv = _truncated_advantage(mdp, model, 25)
+    expected = sum(adv[s.obs.reshape(1, 5).astype(int), s.acts.reshape(1, 5).astype(int)].sum(1) for s in pair)[0]
+    for n in (4, 100):
+        model.branch_rollouts = n
+        estimate = model._branch_directions(pair).numpy()[0] * model.alpha
+        errors[n] = np.linalg.norm(estimate - expected) / np.linalg.norm(expected)
+    after = env.unwrapped.get_state()  # branching leaves the training env exactly as it was
+    assert (after["state"], after["t"], after["rng"]) == (before["state"], before["t"], before["rng"])
+    assert errors[100] < errors[4] / 2.5
+    assert errors[100] < 0.35
