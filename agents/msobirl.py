@@ -452,11 +452,11 @@ class DiscreteMSoBiRL(_ModelEstimatorMixin, DiscreteSoBiRL):
         np.add.at(W, (data["obs"].astype(np.int64).reshape(-1), data["acts"].astype(np.int64).reshape(-1)), 1.0)
         return W / W.sum()
 
-    def _demo_surrogate(self) -> th.Tensor:
+    def _demo_surrogate(self, idx: np.ndarray) -> th.Tensor:
         """ML-IRL ``phi = -E_D[log pi*(a|s)]``: ``grad phi = -(1/tau) E_D[grad(Q - V)]``, by the
-        w-iteration over the whole demonstration set (one solve per outer step)."""
+        w-iteration over the whole demonstration set (one solve per outer step; ``idx`` unused)."""
         if self.estimator != "model":
-            return super()._demo_surrogate()
+            return super()._demo_surrogate(idx)
         if self._surrogate_cache is None:
             self._surrogate_cache = th.as_tensor(self.model_hypergradient(-self.demonstration_weights()),
                                                  device=self.device, dtype=th.float32)

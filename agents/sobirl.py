@@ -485,10 +485,9 @@ class BilevelMixin:
             return self.hypergrad_coef * (self.reward_model.head.weight.reshape(-1) * G).sum()
         return self.hypergrad_coef * (centred * self._myopic_directions([s1, s2])).mean()
 
-    def _demo_surrogate(self) -> th.Tensor:
-        """ML-IRL: gradient ``-(1/tau) E_D[grad(Q - V)(s, a)]`` (module docstring)."""
+    def _demo_surrogate(self, idx: np.ndarray) -> th.Tensor:
+        """ML-IRL on expert transitions ``idx``: gradient ``-(1/tau) E_D[grad(Q - V)(s, a)]`` (module docstring)."""
         data = self._demo_data
-        idx = self._outer_rng.integers(0, data["obs"].shape[0], size=self.demo_batch_size)
         obs, act, nxt = (th.as_tensor(data[k][idx], device=self.device) for k in ("obs", "acts", "next_obs"))
         if self.estimator != "successor":
             return -self._one_step_advantage(obs, act, nxt).mean() / self._tau()
@@ -527,19 +526,12 @@ class BilevelMixin:
 
         losses, norms = [], []
         for _ in range(self.reward_steps):
-            if self.uses_preferences:
-                s1, s2, y = self.preferences.sample(self.reward_batch_size, rng=self._outer_rng)
-                direct = bradley_terry_nll(
-                    segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
-                    label_smoothing=self.label_smoothing,
-                )
-                surrogate = direct + self._hyper_surrogate(on_policy, score_dirs)
-            else:
-                direct = self._demo_surrogate()
-                surrogate = direct
+            objective = self._reward_objective(on_policy, score_dirs)
+            surrogate, direct = objective()
             self.reward_optimizer.zero_grad()
             surrogate.backward()
-            self._apply_storm()
+            if self.storm_mu is not None:
+                self._storm_correct(objective)
             norms.append(float(th.nn.utils.clip_grad_norm_(self.reward_model.parameters(), max_norm=10.0)))
             self.reward_optimizer.step()
             losses.append(float(direct.detach()))
@@ -547,18 +539,53 @@ class BilevelMixin:
         self._relabel()
         self._log_outer(losses, norms)
 
-    def _apply_storm(self) -> None:
-        """STORM momentum (Stoc-SoBiRL): ``h_k = g_k + (1 - mu)(h_{k-1} - g_{k-1})`` on the reward
-        gradients.  Approximation: ``g_{k-1}`` is the previous step's estimate, not a
-        re-evaluation at the previous parameters on the new sample (that needs the old critics)."""
-        if self.storm_mu is None:
-            return
-        params = [p for p in self.reward_model.parameters() if p.grad is not None]
-        grads = [p.grad.detach().clone() for p in params]
-        if self._storm_state is not None:
-            for p, g, h, g_prev in zip(params, grads, self._storm_state["h"], self._storm_state["g"]):
-                p.grad.copy_(g + (1.0 - self.storm_mu) * (h - g_prev))
-        self._storm_state = {"h": [p.grad.detach().clone() for p in params], "g": grads}
+    def _reward_objective(self, on_policy, score_dirs) -> Callable[[], Tuple[th.Tensor, th.Tensor]]:
+        """One reward step's objective on a fixed sample ``D_k``: returns ``() -> (surrogate, direct)``
+        evaluated at the reward model's current parameters (STORM re-evaluates it at old ones)."""
+        if self.uses_preferences:
+            s1, s2, y = self.preferences.sample(self.reward_batch_size, rng=self._outer_rng)
+
+            def objective():
+                direct = bradley_terry_nll(
+                    segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
+                    label_smoothing=self.label_smoothing,
+                )
+                return direct + self._hyper_surrogate(on_policy, score_dirs), direct
+
+            return objective
+        idx = self._outer_rng.integers(0, self._demo_data["obs"].shape[0], size=self.demo_batch_size)
+
+        def demo_objective():
+            loss = self._demo_surrogate(idx)
+            return loss, loss
+
+        return demo_objective
+
+    def _storm_correct(self, objective: Callable[[], Tuple[th.Tensor, th.Tensor]]) -> None:
+        """STORM momentum (Stoc-SoBiRL, seed 003 "Stochastic extension") on the reward parameters:
+        ``h_k = g(D_k; x_k) + (1 - mu)(h_{k-1} - g(D_k; x_{k-1}))``, with ``g(D_k; x_{k-1})`` the
+        same sample's objective re-evaluated at the previous parameters.  The critics (``pi_{k-1}``
+        in the slide) are not kept: the current score directions stand in for the old ones."""
+        params = list(self.reward_model.parameters())
+        grads = [th.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+        state = self._storm_state
+        if state is None:
+            h = grads
+        else:
+            current = [p.detach().clone() for p in params]
+            with th.no_grad():
+                for p, old in zip(params, state["x"]):
+                    p.copy_(old)
+            self.reward_optimizer.zero_grad()
+            objective()[0].backward()
+            at_old = [th.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+            with th.no_grad():
+                for p, cur in zip(params, current):
+                    p.copy_(cur)
+            h = [g + (1.0 - self.storm_mu) * (h_prev - g_old) for g, h_prev, g_old in zip(grads, state["h"], at_old)]
+        for p, direction in zip(params, h):
+            p.grad = direction.clone()
+        self._storm_state = {"x": [p.detach().clone() for p in params], "h": h}
 
     def _relabel(self) -> None:
         self.replay_buffer.relabel(self.reward_model, self._env_actions, self.relabel_batch_size)

@@ -201,3 +201,31 @@ def test_branch_estimator_restarts_from_snapshots_and_converges():
     assert (after["state"], after["t"], after["rng"]) == (before["state"], before["t"], before["rng"])
     assert errors[100] < errors[4] / 2.5
     assert errors[100] < 0.35
+
+
+def test_storm_reevaluates_the_new_sample_at_the_previous_parameters():
+    """With objectives f_k(x) = <c_k, x> (gradient c_k wherever it is evaluated), STORM gives
+    h_1 = c_1 and h_2 = c_2 + (1 - mu)(h_1 - c_2) = mu c_2 + (1 - mu) c_1."""
+    mdp, x_true, env = tabular_env()
+    model = DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), storm_mu=0.25, seed=0, **fast())
+    params = list(model.reward_model.parameters())
+    rng = np.random.default_rng(0)
+    cs = [[th.as_tensor(rng.standard_normal(tuple(p.shape)), dtype=p.dtype) for p in params] for _ in range(2)]
+    applied = []
+    for c in cs:
+        objective = lambda c=c: (sum((ci * p).sum() for ci, p in zip(c, params)),) * 2  # noqa: E731
+        model.reward_optimizer.zero_grad()
+        objective()[0].backward()
+        before = [p.detach().clone() for p in params]
+        model._storm_correct(objective)
+        assert all(th.equal(p, b) for p, b in zip(params, before))  # parameters restored after re-evaluation
+        applied.append([p.grad.clone() for p in params])
+        with th.no_grad():
+            for p in params:
+                p.add_(0.1)  # a step, so that x_2 != x_1
+    for got, c1, c2 in zip(applied[1], cs[0], cs[1]):
+        th.testing.assert_close(got, 0.25 * c2 + 0.75 * c1)
+    for got, c1 in zip(applied[0], cs[0]):
+        th.testing.assert_close(got, c1)
+    model.learn(250)  # and it runs inside training
+    assert model._storm_state is not None
