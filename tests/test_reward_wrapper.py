@@ -1,7 +1,7 @@
 """ParameterisedReward / VecParameterisedReward and the make_* constructors.
 
-Run with ``-s`` to see the measured VecEnv wrapper overhead (printed, never asserted);
-``python tests/test_reward_wrapper.py`` runs a longer measurement.
+``python tests/test_reward_wrapper.py [--threads1]`` measures the VecEnv wrapper's overhead
+(a measurement, not a test: timings are never asserted).
 """
 
 import time
@@ -438,10 +438,6 @@ def _format(env_id, n_envs, t):
     return (f"{env_id:16s} n_envs={n_envs:3d}: bare {t['bare'] * 1e6:7.1f} us/step | wrapper alone (null model) "
             f"+{(t['null'] - t['bare']) * 1e6:6.1f} us | with MLP-64 reward +{(t['mlp'] - t['bare']) * 1e6:6.1f} us "
             f"({t['mlp'] / t['bare']:.2f}x)")
-
-
-def test_report_vec_overhead():
-    print("\n" + _format("CartPole-v1", 8, measure_overhead(steps=100)))
 
 
 if __name__ == "__main__":
