@@ -302,7 +302,9 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
                 steps = np.arange(h) if self.branch_steps is None or self.branch_steps >= h else np.sort(
                     self._outer_rng.choice(h, self.branch_steps, replace=False))
                 obs = th.as_tensor(seg.obs[:, steps].reshape((-1,) + seg.obs.shape[2:]), device=self.device).float()
-                act = th.as_tensor(seg.acts[:, steps].reshape((-1,) + seg.acts.shape[2:]), device=self.device).float()
+                # segments carry env-unit actions; the model rollouts take buffer-format ones
+                act = th.as_tensor(self._buffer_actions(seg.acts[:, steps].reshape((-1,) + seg.acts.shape[2:])),
+                                   device=self.device).float()
                 parts.append((n, len(steps), h / len(steps), *self._branch_rollouts(obs, act)))
             self._branch_cache = (key, parts)
         total = 0.0
