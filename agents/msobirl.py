@@ -45,10 +45,10 @@ from gymnasium import spaces
 from stable_baselines3.common.type_aliases import ReplayBufferSamples
 
 from agents.buffers import BilevelReplayBuffer
-from agents.sobirl import ESTIMATORS, DiscreteSoBiRL, SoBiRL, _leave_one_out
+from agents.sobirl import ESTIMATORS, DiscreteSoBiRL, SoBiRL
 from birl.dynamics import EnsembleConfig, GaussianEnsemble, TabularCounts
 from birl.feedback import bradley_terry_nll, segment_returns
-from birl.hypergrad import hypergradient
+from birl.hypergrad import hypergradient, leave_one_out
 from birl.losses import PolicyLoss
 from birl.model_env import EnsembleDynamics, ModelEnv, discounted_reward_sum
 from birl.tabular import TabularMDP
@@ -438,7 +438,7 @@ class DiscreteMSoBiRL(_ModelEstimatorMixin, DiscreteSoBiRL):
             with th.no_grad():
                 l = bradley_terry_nll(segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
                                       label_smoothing=self.label_smoothing, reduction="none")
-            coef = (_leave_one_out(l) / len(l)).cpu().numpy()
+            coef = (leave_one_out(l) / len(l)).cpu().numpy()
             C = np.zeros(self.counts.counts.shape[:2])
             for seg in (s1, s2):
                 n, h = seg.acts.shape[:2]

@@ -68,18 +68,13 @@ from birl.feedback import (
     segment_returns,
     select_queries,
 )
+from birl.hypergrad import leave_one_out
 from birl.reward_models import CnnReward, MlpReward, RewardModel, build_reward_model
 from envs.reward_wrapper import VecParameterisedReward
 
 __all__ = ["SoBiRL", "DiscreteSoBiRL", "DRLHF", "DiscreteDRLHF", "ESTIMATORS"]
 
 ESTIMATORS = ("successor", "myopic", "branch", "none")
-
-
-def _leave_one_out(l: th.Tensor) -> th.Tensor:
-    """``l_m - mean_{m' != m} l_m'``: an unbiased baseline for the score-function term."""
-    n = l.shape[0]
-    return l if n < 2 else l - (l.sum() - l) / (n - 1)
 
 
 class BilevelMixin:
@@ -383,13 +378,18 @@ class BilevelMixin:
         self.preferences.add(s1, s2, labels, keep)
         return s1[np.flatnonzero(keep)], s2[np.flatnonzero(keep)], labels[keep]
 
+    def _segment_inputs(self, seg: SegmentBatch) -> Tuple[th.Tensor, th.Tensor, Optional[th.Tensor]]:
+        """A segment batch ``[N, H, ...]`` flattened to ``[N*H, ...]`` tensors ``(obs, acts, next_obs)``."""
+        flat = lambda a: None if a is None else th.as_tensor(a.reshape((-1,) + a.shape[2:]), device=self.device)  # noqa: E731
+        return flat(seg.obs), flat(seg.acts), flat(seg.next_obs)
+
     def _score_directions(self, batches: Sequence[SegmentBatch]) -> th.Tensor:
         """For each segment tuple, ``(1/tau) sum_i sum_h (Psi(s,a) - E_pi Psi(s,.))`` ``[N, k]``."""
         total = 0.0
         for seg in batches:
             n, h = seg.acts.shape[:2]
-            obs = th.as_tensor(seg.obs.reshape((n * h,) + seg.obs.shape[2:]), device=self.device)
-            act = th.as_tensor(self._buffer_actions(seg.acts.reshape((n * h,) + seg.acts.shape[2:])), device=self.device)
+            obs, act, _ = self._segment_inputs(seg)
+            act = th.as_tensor(self._buffer_actions(act.cpu().numpy()), device=self.device)
             with th.no_grad():
                 sample, probs = self._policy_tools(obs)
                 adv = self.successor.advantage(obs, act, sample, probs, self.n_action_samples)
@@ -444,9 +444,7 @@ class BilevelMixin:
         total = 0.0
         for seg in batches:
             n, h = seg.acts.shape[:2]
-            obs = th.as_tensor(seg.obs.reshape((n * h,) + seg.obs.shape[2:]), device=self.device)
-            nxt = None if seg.next_obs is None else th.as_tensor(seg.next_obs.reshape(obs.shape), device=self.device)
-            act = th.as_tensor(seg.acts.reshape((n * h,) + seg.acts.shape[2:]), device=self.device)
+            obs, act, nxt = self._segment_inputs(seg)
             total = total + (self.reward_model(obs, act, nxt) - self._expected_reward(obs, nxt)).reshape(n, h).sum(1)
         return total / self._tau()
 
@@ -479,7 +477,7 @@ class BilevelMixin:
             segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
             label_smoothing=self.label_smoothing, reduction="none",
         )
-        centred = _leave_one_out(l.detach())
+        centred = leave_one_out(l.detach())
         if self.estimator in ("successor", "branch"):
             G = (centred[:, None] * score_dirs).mean(0)
             return self.hypergrad_coef * (self.reward_model.head.weight.reshape(-1) * G).sum()

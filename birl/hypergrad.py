@@ -52,7 +52,7 @@ import torch
 from birl.losses import OuterLoss, TrajectoryLoss
 from birl.tabular import SoftSolution, TabularMDP
 
-__all__ = ["HypergradResult", "hypergradient", "METHODS", "discounted_visits", "default_rollout_horizon"]
+__all__ = ["HypergradResult", "hypergradient", "METHODS", "discounted_visits", "default_rollout_horizon", "leave_one_out"]
 
 METHODS = ("exact", "msobirl", "branch", "myopic", "same_trajectory")
 
@@ -205,10 +205,11 @@ def _msobirl(mdp, x, loss, pi, n_iters: int = 1000, xi: Optional[float] = None, 
     return HypergradResult(grad, f, "msobirl", {"w": w, "residual": float(np.linalg.norm(A @ w - b)), "xi": xi})
 
 
-def _leave_one_out(lvals: np.ndarray) -> np.ndarray:
-    """``l_m - mean_{m' != m} l_m'``: a baseline that keeps the score-function term unbiased
-    (``E[grad(Q - V)(s, a)] = 0`` under ``a ~ pi`` and the baseline is independent of sample m)."""
-    n = lvals.size
+def leave_one_out(lvals):
+    """``l_m - mean_{m' != m} l_m'`` (numpy array or torch tensor of shape ``[M]``): a baseline that
+    keeps the score-function term unbiased (``E[grad(Q - V)(s, a)] = 0`` under ``a ~ pi`` and the
+    baseline is independent of sample m)."""
+    n = lvals.shape[0]
     if n < 2:
         return lvals
     return lvals - (lvals.sum() - lvals) / (n - 1)
@@ -221,7 +222,7 @@ def _branch(
     T = rollout_horizon or default_rollout_horizon(mdp.gamma)
     if loss.kind == "trajectory":
         st, ac, lvals, gx = _sample_pairs(mdp, loss, x, pi, n_samples, rng)
-        centred = _leave_one_out(lvals) if baseline else lvals
+        centred = leave_one_out(lvals) if baseline else lvals
         coef = np.broadcast_to((centred / n_samples)[:, None, None], st.shape)
         W = _branch_weights(mdp, pi, st, ac, coef, n_rollouts, T, rng)
         return HypergradResult(gx + mdp.reward_vjp(x, W) / mdp.tau, float(lvals.mean()), "branch", {"rollout_horizon": T})

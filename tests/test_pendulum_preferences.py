@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-gym = pytest.importorskip("gymnasium")
+import gymnasium as gym
 
 from birl.feedback import (  # noqa: E402
     Demonstrations,

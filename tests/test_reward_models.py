@@ -73,7 +73,7 @@ def test_from_spaces_duck_typed_and_gymnasium():
     m = MlpReward.from_spaces(FakeBox((3,)), FakeDiscrete(4, start=1), hidden=(8,))
     assert m.obs_spec == SpaceSpec.box(3) and m.act_spec == SpaceSpec.discrete(4, 1)
     assert m(torch.randn(2, 3), torch.tensor([1, 4])).shape == (2,)
-    gym = pytest.importorskip("gymnasium")
+    import gymnasium as gym
     spaces = gym.spaces
     m = MlpReward.from_spaces(spaces.Discrete(6), spaces.Box(-1, 1, (2, 2)), hidden=(8,))
     assert m(torch.tensor([0, 5]), torch.randn(2, 2, 2)).shape == (2,)
