@@ -154,8 +154,10 @@ def plan(suite: str, args: argparse.Namespace) -> List[RunSpec]:
     specs = []
     for env_id in _split(args.envs, "--envs"):
         specs.append(RunSpec(env_id=env_id, algo=RANDOM, seed=0, queries=0, **common))
-        for algo in _split(args.algos, "--algos", ALGOS):
-            specs += [RunSpec(env_id=env_id, algo=algo, seed=s, queries=args.queries if algo != "sac" else 0, **common) for s in range(args.seeds)]
+        algos = _split(args.algos, "--algos", ALGOS)
+        # seed-major order: an interrupted suite still has comparable (algo, seed) sets
+        specs += [RunSpec(env_id=env_id, algo=algo, seed=s, queries=args.queries if algo != "sac" else 0, **common)
+                  for s in range(args.seeds) for algo in algos]
     return specs
 
 
