@@ -6,8 +6,9 @@ Every run is one process-pool task; each writes ``<out>/pendulum_runs/<method>_s
 and finished runs are not redone (delete the file to rerun).  The report
 ``<out>/pendulum.md`` gives, per method, TRUE return of the final policy (10 deterministic
 episodes, mean +- std over seeds), normalised score ``(R - R_random) / (R_SAC_true - R_random)``,
-held-out preference accuracy (fresh pairs of the final policy's own rollouts, noiseless teacher
-on the TRUE reward) and wall time per env step as a ratio to SAC in the same harness.  A PNG
+held-out preference accuracy on two sets of fresh pairs labelled by a noiseless teacher on the
+TRUE reward (fragments of the final policy's own rollouts, and of rollouts of that policy with
+action noise from none to uniform random: :data:`agents.quickstart.MIXED_NOISE`) and wall time per env step as a ratio to SAC in the same harness.  A PNG
 shows TRUE training-episode returns against env steps.
 """
 
@@ -36,9 +37,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one torch thread each)")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--out", default="benchmark")
+    parser.add_argument(
+        "--params", nargs="*", default=[], metavar="KEY=VALUE",
+        help="overrides for the bilevel agents (SoBiRL, DRLHF), e.g. reward_steps=200; values are Python literals",
+    )
 
 
-def _run(method: str, seed: int, steps: int, queries: int, path: str) -> Dict:
+def parse_params(items: List[str]) -> Dict:
+    """``["reward_steps=200", ...]`` -> ``{"reward_steps": 200}`` (values are Python literals)."""
+    import ast
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--params: expected KEY=VALUE, got {item!r}")
+        try:
+            out[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError) as err:
+            raise ValueError(f"--params: {key}: not a Python literal: {value!r}") from err
+    return out
+
+
+def _run(method: str, seed: int, steps: int, queries: int, path: str, params: Dict) -> Dict:
     """One training run in a fresh process; returns (and writes) its record."""
     import gymnasium as gym
     import torch as th
@@ -47,7 +68,7 @@ def _run(method: str, seed: int, steps: int, queries: int, path: str) -> Dict:
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
-    from agents.quickstart import heldout_preference_accuracy
+    from agents.quickstart import MIXED_NOISE, heldout_preference_accuracy
     from agents.sobirl import DRLHF, SoBiRL
     from birl.feedback import SyntheticTeacher
 
@@ -71,7 +92,7 @@ def _run(method: str, seed: int, steps: int, queries: int, path: str) -> Dict:
         algo = DRLHF if method == "drlhf" else SoBiRL
         extra = {"estimator": "myopic"} if method == "sobirl_myopic" else {}
         model = algo("MlpPolicy", gym.make(ENV_ID), feedback=SyntheticTeacher(seed=seed), n_queries=queries,
-                     outer_freq=1000, **extra, **common)
+                     outer_freq=1000, **{**extra, **params}, **common)
     curve = Curve()
     start = time.perf_counter()
     model.learn(steps, callback=curve)
@@ -82,6 +103,10 @@ def _run(method: str, seed: int, steps: int, queries: int, path: str) -> Dict:
         "wall_s": wall, "curve": curve.points,
         "labels": len(model.preferences) if hasattr(model, "preferences") else 0,
         "heldout_pref_accuracy": heldout_preference_accuracy(model, ENV_ID) if hasattr(model, "reward_model") else None,
+        "mixed_pref_accuracy": (
+            heldout_preference_accuracy(model, ENV_ID, noise=MIXED_NOISE) if hasattr(model, "reward_model") else None
+        ),
+        "params": params,
     }
     Path(path).write_text(json.dumps(record))
     return record
@@ -108,19 +133,21 @@ def _table(records: List[Dict], r_random: float) -> str:
     r_sac = np.mean([r["true_return"] for r in by["sac_true"]]) if by["sac_true"] else float("nan")
     sac_step = np.mean([r["wall_s"] / r["steps"] for r in by["sac_true"]]) if by["sac_true"] else float("nan")
     lines = [
-        "| method | TRUE return (mean +- std over seeds) | normalised score | held-out pref. accuracy | labels | wall time / step vs SAC |",
-        "|---|---|---|---|---|---|",
+        "| method | TRUE return (mean +- std over seeds) | normalised score | held-out pref. accuracy: own rollouts "
+        "| held-out pref. accuracy: good-to-random rollouts | labels | wall time / step vs SAC |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m, rs in by.items():
         if not rs:
             continue
         R = np.array([r["true_return"] for r in rs])
         score = (R - r_random) / (r_sac - r_random)
-        acc = [r["heldout_pref_accuracy"] for r in rs if r["heldout_pref_accuracy"] is not None]
+        accs = [[r.get(k) for r in rs if r.get(k) is not None] for k in ("heldout_pref_accuracy", "mixed_pref_accuracy")]
         step = np.mean([r["wall_s"] / r["steps"] for r in rs])
         lines.append(
             f"| {m} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {score.mean():.2f} +- {score.std():.2f} | "
-            f"{(f'{np.mean(acc):.3f} +- {np.std(acc):.3f}' if acc else '-')} | {int(np.mean([r['labels'] for r in rs]))} | "
+            + "".join(f"{np.mean(a):.3f} +- {np.std(a):.3f} | " if a else "- | " for a in accs)
+            + f"{int(np.mean([r['labels'] for r in rs]))} | "
             f"{step / sac_step:.2f} ({1000 * step:.1f} ms) |"
         )
     return "\n".join(lines)
@@ -160,30 +187,36 @@ def run_pendulum(args: argparse.Namespace) -> str:
     out = Path(args.out)
     runs = out / "pendulum_runs"
     runs.mkdir(parents=True, exist_ok=True)
+    params = parse_params(args.params)
     jobs = []
     for seed in range(args.seeds):
         for m in methods:
-            path = runs / f"{m}_seed{seed}.json"
+            tag = "" if m == "sac_true" or not params else "_" + "_".join(f"{k}-{v}" for k, v in sorted(params.items()))
+            path = runs / f"{m}_seed{seed}{tag}.json"
             if not path.exists():
-                jobs.append((m, seed, args.steps, args.queries, str(path)))
+                jobs.append((m, seed, args.steps, args.queries, str(path), {} if m == "sac_true" else params))
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    records = [r for r in records if r["method"] in methods and r["steps"] == args.steps]
+    records = [r for r in records if r["method"] in methods and r["steps"] == args.steps
+               and (r["method"] == "sac_true" or r.get("params", {}) == params)]
     r_random = random_return()
     report = "\n".join([
         f"# {ENV_ID}: SoBiRL vs DRLHF vs SAC on the true reward",
         "",
-        f"Command: `python -m agents.benchmark pendulum --steps {args.steps} --queries {args.queries} --seeds {args.seeds} --workers {args.workers}`",
+        f"Command: `python -m agents.benchmark pendulum --steps {args.steps} --queries {args.queries} --seeds {args.seeds} "
+        f"--workers {args.workers}{' --params ' + ' '.join(args.params) if args.params else ''}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, one torch thread per run, "
         f"{args.workers} runs in parallel. R_random (uniform random policy, 20 episodes) = {r_random:.1f}.",
         "",
         _table(records, r_random),
         "",
         "TRUE return: 10 deterministic evaluation episodes of the final policy on the env's own reward. "
-        "Held-out accuracy: 500 fresh pairs of 25-step fragments from 5 stochastic rollouts of the final policy, "
-        "labelled by a noiseless teacher on the TRUE reward. Wall time per step includes all training work.",
+        "Held-out accuracy, own rollouts: 500 fresh pairs of 25-step fragments from 5 stochastic rollouts of the final "
+        "policy. Good-to-random rollouts: 500 fresh pairs drawn from 20 rollouts of the final policy whose action is "
+        "replaced by a uniform random one with probability 0, 0.25, 0.5 or 1 (5 episodes each). Both labelled by a "
+        "noiseless teacher on the TRUE reward. Wall time per step includes all training work.",
         "",
         "![learning curves](pendulum_curves.png)",
     ])

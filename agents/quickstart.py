@@ -20,17 +20,45 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.monitor import Monitor
 
 from agents.sobirl import DRLHF, SoBiRL
-from birl.feedback import Demonstrations, SyntheticTeacher, preference_accuracy, segment_returns
+from birl.feedback import Demonstrations, SegmentBatch, SyntheticTeacher, preference_accuracy, segment_returns
 
 ALGOS = {"sobirl": SoBiRL, "drlhf": DRLHF}
 
 
-def heldout_preference_accuracy(model, env_id: str, n_pairs: int = 500, horizon: int = 25, seed: int = 123) -> float:
-    """Accuracy of ``model.reward_model`` on new pairs of fragments of the policy's own rollouts,
-    labelled by a noiseless teacher on the TRUE reward."""
-    rollouts = Demonstrations.collect(model, gym.make(env_id), n_episodes=5, seed=seed, deterministic=False)
-    segs = rollouts.sample_segments(horizon, 2 * n_pairs, rng=seed, replace=True)
-    s1, s2 = segs[np.arange(n_pairs)], segs[np.arange(n_pairs, 2 * n_pairs)]
+#: action-noise levels of the mixed-quality held-out set (probability of a uniform random action)
+MIXED_NOISE = (0.0, 0.25, 0.5, 1.0)
+
+
+def heldout_preference_accuracy(
+    model, env_id: str, n_pairs: int = 500, horizon: int = 25, seed: int = 123, noise: Sequence[float] = (0.0,),
+) -> float:
+    """Accuracy of ``model.reward_model`` on new pairs of fragments of fresh rollouts, labelled by a
+    noiseless teacher on the TRUE reward.
+
+    ``noise`` lists action-noise levels ``eps``: for each, 5 episodes in which the policy's
+    (stochastic) action is replaced by a uniform random one with probability ``eps``.  The
+    default ``(0.0,)`` pairs fragments of the trained policy alone: once it is good they have
+    near-equal true returns, a hard set.  :data:`MIXED_NOISE` spans good to random behaviour,
+    the range a reward model must rank (and the range training queries came from).
+    """
+    rng = np.random.default_rng(seed)
+    env = gym.make(env_id)
+    env.action_space.seed(seed)
+    batches = []
+    for k, eps in enumerate(noise):
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"noise levels must lie in [0, 1], got {eps!r}")
+
+        def act(obs, eps=eps):
+            if rng.random() < eps:
+                return env.action_space.sample()
+            return model.predict(obs, deterministic=False)[0]
+
+        rollouts = Demonstrations.collect(act, env, n_episodes=5, seed=seed + 1000 * k)
+        batches.append(rollouts.sample_segments(horizon, 2 * n_pairs, rng=rng, replace=True))
+    segs = SegmentBatch.concatenate(batches)
+    order = rng.permutation(len(segs))[: 2 * n_pairs]
+    s1, s2 = segs[order[:n_pairs]], segs[order[n_pairs:]]
     labels, _ = SyntheticTeacher().label(s1, s2)
     with th.no_grad():
         r1, r2 = segment_returns(model.reward_model, s1), segment_returns(model.reward_model, s2)
@@ -67,12 +95,14 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "true_return_std": float(std_ret),
         "train_pref_accuracy": model.preference_accuracy(),
         "heldout_pref_accuracy": heldout_preference_accuracy(model, args.env),
+        "mixed_pref_accuracy": heldout_preference_accuracy(model, args.env, noise=MIXED_NOISE),
         "wall_time_s": wall,
     }
     print(
         f"{args.algo} on {args.env}: TRUE return {mean_ret:.1f} +/- {std_ret:.1f} over 10 episodes | "
         f"preference accuracy {result['train_pref_accuracy']:.3f} (train labels), "
-        f"{result['heldout_pref_accuracy']:.3f} (held-out pairs) | {result['labels']} labels, "
+        f"{result['heldout_pref_accuracy']:.3f} (held-out pairs of its own rollouts), "
+        f"{result['mixed_pref_accuracy']:.3f} (held-out pairs of good-to-random rollouts) | {result['labels']} labels, "
         f"{args.steps} env steps, {wall:.0f} s"
     )
     return result

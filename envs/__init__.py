@@ -5,7 +5,8 @@
 * :class:`ParameterisedReward` / :class:`VecParameterisedReward` -- pay a learned reward
   ``r_x(s, a, s')`` and keep the true reward in ``info``;
 * :func:`make_reward_env` / :func:`make_reward_vec_env` -- constructors;
-* :func:`get_cloner` / :func:`can_clone` -- state cloning for branched rollouts.
+* :func:`get_cloner` / :func:`can_clone` -- state cloning for branched rollouts;
+* :func:`make_renderer` -- frames of a segment from its observations (for human labelling).
 
 Importing this package registers ``birl/Garnet-v0`` and ``birl/GridWorld-v0`` with Gymnasium.
 MuJoCo and ALE support are optional extras, imported only when such an env is used.
@@ -15,6 +16,7 @@ import gymnasium as gym
 
 from envs.cloning import Cloner, EnvSnapshot, can_clone, get_cloner
 from envs.make import ensure_registered, make_reward_env, make_reward_vec_env
+from envs.render import make_renderer
 from envs.reward_wrapper import ParameterisedReward, VecParameterisedReward, batch_rewards
 from envs.tabular_env import TabularEnv, make_garnet_env, make_gridworld_env
 
@@ -32,6 +34,7 @@ __all__ = [
     "can_clone",
     "Cloner",
     "EnvSnapshot",
+    "make_renderer",
     "register_envs",
 ]
 

@@ -2,11 +2,12 @@
 
 The pieces mirror a preference-learning pipeline (DESIGN.md section 5):
 fragmenter (:mod:`.segments`) -> query selection and schedule (:mod:`.queries`) -> teacher
-(:mod:`.teacher`) -> dataset (:mod:`.datasets`) -> loss (:mod:`.losses`) on a reward model
+(:mod:`.teacher`, or a person through :mod:`.human`) -> dataset (:mod:`.datasets`) -> loss (:mod:`.losses`) on a reward model
 (:mod:`birl.reward_models`).  numpy + torch only.
 """
 
 from birl.feedback.datasets import Demonstrations, PreferenceDataset, validate_labels
+from birl.feedback.human import HumanTeacher, LabelStore
 from birl.feedback.losses import bradley_terry_nll, demonstration_nll, preference_accuracy, segment_returns
 from birl.feedback.queries import (
     BudgetedSchedule,
@@ -38,6 +39,8 @@ __all__ = [
     "sample_segments_from_rollouts",
     "valid_window_starts",
     "SyntheticTeacher",
+    "HumanTeacher",
+    "LabelStore",
     "select_uniform",
     "select_disagreement",
     "select_entropy",
