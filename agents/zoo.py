@@ -33,6 +33,11 @@ e.g. ``n_queries``, ``query_schedule``, ``segment_length``, ``estimator``, ``out
     architecture of the reward model: arguments of :meth:`birl.reward_models.CnnReward.from_spaces`
     for image observations, of :meth:`birl.reward_models.MlpReward.from_spaces` otherwise.
 
+Validation: every hyperparameter set of our algorithms is checked by
+:func:`agents.config.validate_hyperparams` before anything is built (unknown keys with a
+suggestion, wrong types, the agents' own value checks), with the file and line of each key when
+rl_zoo3 read it from a YAML file (:func:`register` hooks rl_zoo3's ``read_hyperparameters``).
+
 Extension point: a new algorithm (e.g. ``msobirl``) is one :func:`add_algorithm` call, made
 before :func:`register`::
 
@@ -49,6 +54,8 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from agents.config import ConfigError, check_experiment, load_config, validate_hyperparams
+
 __all__ = [
     "ZooAlgorithm",
     "ALGORITHMS",
@@ -63,6 +70,9 @@ __all__ = [
     "CONFIG_DIR",
     "default_config",
     "experiment_manager",
+    "check_demonstrations_settings",
+    "ConfigError",
+    "validate_hyperparams",
 ]
 
 #: This repository's rl-zoo style hyperparameter files, ``zoo_configs/<algo>.yml``.
@@ -71,6 +81,7 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent / "zoo_configs"
 FEEDBACK_KINDS = ("preferences", "demonstrations")
 _FEEDBACK_KEYS = ("feedback", "teacher_kwargs", "demonstrations_kwargs", "reward_model_kwargs")
 _DEMO_SOURCES = ("path", "minari", "expert")
+_DEMO_OPTIONS = ("expert_algo", "n_episodes", "deterministic", "seed")
 
 Sampler = Callable[..., Dict[str, Any]]
 
@@ -92,21 +103,31 @@ def _check_mapping(value: Any, key: str) -> Dict[str, Any]:
     return dict(value)
 
 
-def _demonstrations(settings: Dict[str, Any], env: Any) -> Any:
-    """Build :class:`birl.feedback.Demonstrations` from ``demonstrations_kwargs`` (module docstring)."""
-    from birl.feedback import Demonstrations
+def check_demonstrations_settings(settings: Mapping[str, Any]) -> str:
+    """Check ``demonstrations_kwargs`` (module docstring) and return its source key.
 
+    Raises ``ValueError`` naming ``demonstrations_kwargs`` unless exactly one source among
+    ``path``, ``minari`` and ``expert`` is given and every other key is a known option.
+    """
     sources = [k for k in _DEMO_SOURCES if settings.get(k) is not None]
     if len(sources) != 1:
         raise ValueError(
             f"demonstrations_kwargs must name exactly one source among {_DEMO_SOURCES}, got {sorted(settings)}"
         )
-    unknown = set(settings) - set(_DEMO_SOURCES) - {"expert_algo", "n_episodes", "deterministic", "seed"}
+    unknown = set(settings) - set(_DEMO_SOURCES) - set(_DEMO_OPTIONS)
     if unknown:
         raise ValueError(f"demonstrations_kwargs has unknown keys {sorted(unknown)}")
-    if sources[0] == "path":
+    return sources[0]
+
+
+def _demonstrations(settings: Dict[str, Any], env: Any) -> Any:
+    """Build :class:`birl.feedback.Demonstrations` from ``demonstrations_kwargs`` (module docstring)."""
+    from birl.feedback import Demonstrations
+
+    source = check_demonstrations_settings(settings)
+    if source == "path":
         return Demonstrations.load(settings["path"])
-    if sources[0] == "minari":
+    if source == "minari":
         return Demonstrations.from_minari(settings["minari"])
     return _expert_rollouts(settings, env)
 
@@ -260,6 +281,7 @@ class ZooAlgorithm:
         return _import(target)
 
     def __call__(self, policy: Any, env: Any, **hyperparams: Any) -> Any:
+        validate_hyperparams(self, hyperparams, stage="constructor", source=f"{self.name} arguments", action_space=env.action_space)
         if self.bilevel:
             hyperparams = bilevel_kwargs(hyperparams, env, hyperparams.get("seed"))
         return self.select(env.action_space)(policy, env, **hyperparams)
@@ -365,6 +387,7 @@ def register() -> Dict[str, ZooAlgorithm]:
         raise ImportError("the rl_zoo3 integration needs rl_zoo3: pip install 'soft-bilevel-rl[zoo]'") from err
     for table in _zoo_tables("ALGOS"):
         table.update(ALGORITHMS)
+    _install_config_check()
     for name, sampler in _SAMPLERS.items():
         if sampler is None:
             continue
@@ -373,6 +396,34 @@ def register() -> Dict[str, ZooAlgorithm]:
         for table in _zoo_tables("HYPERPARAMS_CONVERTER"):
             table[name] = convert_offpolicy_params
     return dict(ALGORITHMS)
+
+
+def _install_config_check() -> None:
+    """Make rl_zoo3's ``ExperimentManager.read_hyperparameters`` validate our algorithms'
+    hyperparameters (idempotent): a YAML file is first parsed by :func:`agents.config.load_config`
+    (malformed YAML, duplicate keys: errors naming the file and line), then the entry that
+    rl_zoo3 picked, with the ``-params`` overrides, goes through
+    :func:`agents.config.validate_hyperparams` before any environment is created."""
+    from rl_zoo3.exp_manager import ExperimentManager
+
+    original = ExperimentManager.read_hyperparameters
+    if getattr(original, "_validates_birl_configs", False):
+        return
+
+    def read_hyperparameters(manager: Any) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+        if manager.algo not in ALGORITHMS:
+            return original(manager)
+        config = None
+        if str(manager.config).endswith((".yml", ".yaml")):
+            config = load_config(manager.config)
+        hyperparams, saved = original(manager)
+        check_experiment(manager, hyperparams, config)
+        return hyperparams, saved
+
+    read_hyperparameters.__doc__ = original.__doc__
+    read_hyperparameters._validates_birl_configs = True  # type: ignore[attr-defined]
+    read_hyperparameters.__wrapped__ = original  # type: ignore[attr-defined]
+    ExperimentManager.read_hyperparameters = read_hyperparameters
 
 
 def is_registered() -> bool:
