@@ -38,6 +38,7 @@ and the feature network the one-step surrogate; ``myopic``/``none`` use the one-
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 
 import gymnasium as gym
@@ -58,6 +59,7 @@ from agents.successor import SuccessorCritic, reward_head_gradient, successor_lo
 from birl.feedback import (
     BudgetedSchedule,
     Demonstrations,
+    HumanTeacher,
     PreferenceDataset,
     QuerySchedule,
     SegmentBatch,
@@ -75,6 +77,25 @@ from envs.reward_wrapper import VecParameterisedReward
 __all__ = ["SoBiRL", "DiscreteSoBiRL", "DRLHF", "DiscreteDRLHF", "ESTIMATORS"]
 
 ESTIMATORS = ("successor", "myopic", "branch", "none")
+
+
+class _NonFinite(Exception):
+    """Raised inside an outer step when ``what`` holds NaN or inf (the step is then skipped)."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(what)
+        self.what = what
+
+
+def _require_finite(what: str, *values: Any) -> None:
+    """Raise :class:`_NonFinite` naming ``what`` unless every value (array, tensor, number) is finite."""
+    for value in values:
+        if isinstance(value, th.Tensor):
+            finite = bool(th.isfinite(value.detach()).all())
+        else:
+            finite = bool(np.all(np.isfinite(np.asarray(value, dtype=np.float64))))
+        if not finite:
+            raise _NonFinite(what)
 
 
 class BilevelMixin:
@@ -112,14 +133,15 @@ class BilevelMixin:
         branch_states: int,
         branch_horizon: int,
         branch_rollouts: int,
+        max_nonfinite_steps: int = 5,
     ) -> None:
         if feedback is None:
             raise ValueError(
                 "feedback is required: pass a birl.feedback.SyntheticTeacher (preferences) "
                 "or birl.feedback.Demonstrations (ML-IRL)"
             )
-        if not isinstance(feedback, (SyntheticTeacher, Demonstrations)):
-            raise TypeError(f"feedback must be a SyntheticTeacher or Demonstrations, got {type(feedback).__name__}")
+        if not isinstance(feedback, (SyntheticTeacher, HumanTeacher, Demonstrations)):
+            raise TypeError(f"feedback must be a SyntheticTeacher, HumanTeacher or Demonstrations, got {type(feedback).__name__}")
         if isinstance(feedback, Demonstrations) and len(feedback) == 0:
             raise ValueError("feedback: the Demonstrations hold no trajectory")
         estimator = self.default_estimator if estimator is None else estimator
@@ -143,6 +165,8 @@ class BilevelMixin:
         ):
             if int(value) != value or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(max_nonfinite_steps, bool) or int(max_nonfinite_steps) != max_nonfinite_steps or max_nonfinite_steps < 1:
+            raise ValueError(f"max_nonfinite_steps must be a positive integer, got {max_nonfinite_steps!r}")
         if not reward_lr > 0:
             raise ValueError(f"reward_lr must be positive, got {reward_lr!r}")
         if not 0 <= label_smoothing < 1:
@@ -170,6 +194,9 @@ class BilevelMixin:
         self._successor_updates = 0
         self._last_outer_step = -1
         self._outer_total = None
+        self.max_nonfinite_steps = int(max_nonfinite_steps)
+        self._n_skipped_nonfinite = 0  # outer steps skipped for non-finite values, and the current streak
+        self._n_nonfinite_consecutive = 0
 
     def _init_from_kwargs(self, feedback, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         """Split bilevel from inner-learner arguments.  SB3's ``load`` constructs the agent with
@@ -182,6 +209,11 @@ class BilevelMixin:
 
     def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str, None], feedback=None, **kwargs: Any) -> None:
         super().__init__(policy, env, **self._init_from_kwargs(feedback, kwargs))
+        constructed = getattr(self, "feedback", None) is not None  # not set when SB3's load builds the agent
+        if constructed and isinstance(self.feedback, SyntheticTeacher) and self.feedback.seed is None and self.seed is not None:
+            # reproducibility: an unseeded teacher follows the agent's seed (as the zoo does)
+            self.feedback.seed = int(self.seed)
+            self.feedback.reset()
 
     def _setup_model(self) -> None:
         super()._setup_model()
@@ -189,7 +221,7 @@ class BilevelMixin:
 
     @property
     def uses_preferences(self) -> bool:
-        return isinstance(self.feedback, SyntheticTeacher)
+        return isinstance(self.feedback, (SyntheticTeacher, HumanTeacher))
 
     @property
     def needs_successor(self) -> bool:
@@ -352,6 +384,9 @@ class BilevelMixin:
 
     def _query(self) -> Optional[Tuple[SegmentBatch, SegmentBatch, np.ndarray]]:
         """Ask the teacher about new pairs from recent rollouts; store them; return the labelled pairs."""
+        late = self.feedback.drain() if isinstance(self.feedback, HumanTeacher) else None
+        if late is not None:  # human answers given after their label() call returned
+            self.preferences.add(*late)
         k = self._schedule()(self._n_outer, asked=self._n_asked)
         if k <= 0:
             return None
@@ -371,9 +406,12 @@ class BilevelMixin:
             with th.no_grad():
                 r1 = segment_returns(self.reward_model, s1, per_member=True).cpu().numpy()
                 r2 = segment_returns(self.reward_model, s2, per_member=True).cpu().numpy()
+            _require_finite("reward-model outputs on candidate segments", r1, r2)
             chosen = select_queries(self.query_selection, k, r1, r2)
         s1, s2 = s1[chosen], s2[chosen]
+        _require_finite("segment true rewards", s1.true_rewards, s2.true_rewards)
         labels, keep = self.feedback.label(s1, s2)
+        _require_finite("feedback labels", labels)
         self._n_asked += k
         self.preferences.add(s1, s2, labels, keep)
         return s1[np.flatnonzero(keep)], s2[np.flatnonzero(keep)], labels[keep]
@@ -505,9 +543,27 @@ class BilevelMixin:
         return reward_fn(obs, act, nxt) - self._expected_reward(obs, nxt, reward_fn)
 
     def _outer_step(self) -> None:
-        """One outer iteration: feedback, hypergradient, reward update, replay relabelling."""
+        """One outer iteration: feedback, hypergradient, reward update, replay relabelling.
+
+        Non-finite values (segment true rewards, feedback labels, reward-model outputs, losses,
+        hypergradients, relabelled rewards) skip the iteration: the reward model, its optimiser,
+        the STORM state and the replay rewards are put back as they were (labels already stored
+        are valid and kept), ``outer/skipped_nonfinite`` is logged with a warning, and training
+        goes on; ``max_nonfinite_steps`` consecutive skips raise ``FloatingPointError``."""
         self._last_outer_step = self.num_timesteps
         self.reward_model.train()
+        saved = self._outer_snapshot()
+        try:
+            self._outer_update()
+        except _NonFinite as err:
+            self._outer_restore(saved)
+            self._n_outer += 1  # the query schedule follows time; its catch-up asks what was missed
+            self._skip_nonfinite(err.what)
+            return
+        self._n_nonfinite_consecutive = 0
+
+    def _outer_update(self) -> None:
+        """The body of :meth:`_outer_step`; raises ``_NonFinite`` on a non-finite value."""
         on_policy, score_dirs = None, None
         if self.uses_preferences:
             on_policy = self._query()
@@ -519,6 +575,8 @@ class BilevelMixin:
                     score_dirs = self._score_directions([on_policy[0], on_policy[1]])
                 elif self.estimator == "branch":
                     score_dirs = self._branch_directions([on_policy[0], on_policy[1]])
+                if score_dirs is not None:
+                    _require_finite(f"hypergradient directions ({self.estimator} estimator)", score_dirs)
         elif self._demo_data is None:
             self._demo_data = self.feedback.transitions()
 
@@ -526,16 +584,68 @@ class BilevelMixin:
         for _ in range(self.reward_steps):
             objective = self._reward_objective(on_policy, score_dirs)
             surrogate, direct = objective()
+            _require_finite("outer loss (reward-model outputs on the feedback)", direct)
+            _require_finite("hypergradient surrogate", surrogate)
             self.reward_optimizer.zero_grad()
             surrogate.backward()
             if self.storm_mu is not None:
                 self._storm_correct(objective)
-            norms.append(float(th.nn.utils.clip_grad_norm_(self.reward_model.parameters(), max_norm=10.0)))
+            norm = float(th.nn.utils.clip_grad_norm_(self.reward_model.parameters(), max_norm=10.0))
+            _require_finite("hypergradient (reward-model gradient)", norm)
+            norms.append(norm)
             self.reward_optimizer.step()
             losses.append(float(direct.detach()))
+        _require_finite("reward-model parameters after the update", *[p.detach() for p in self.reward_model.parameters()])
         self._n_outer += 1
         self._relabel()
+        for rewards in self._relabelled_rewards():
+            _require_finite("relabelled rewards (reward-model outputs on the replay buffer)", rewards)
         self._log_outer(losses, norms)
+
+    def _relabelled_rewards(self) -> list:
+        """The reward arrays that :meth:`_relabel` rewrites (snapshotted, checked after relabelling)."""
+        arrays = [self.replay_buffer.rewards]
+        model_buffer = getattr(self, "model_buffer", None)  # M-SoBiRL's model transitions
+        if model_buffer is not None:
+            arrays.append(model_buffer.rewards)
+        return arrays
+
+    def _outer_snapshot(self) -> Dict[str, Any]:
+        """What a skipped outer step puts back (the model's and optimiser's states, STORM, rewards)."""
+        return {
+            "model": copy.deepcopy(self.reward_model.state_dict()),
+            "optimizer": copy.deepcopy(self.reward_optimizer.state_dict()),
+            "storm": self._storm_state,
+            "rewards": [a.copy() for a in self._relabelled_rewards()],
+            "n_outer": self._n_outer,
+        }
+
+    def _outer_restore(self, saved: Dict[str, Any]) -> None:
+        self.reward_model.load_state_dict(saved["model"])
+        self.reward_optimizer.load_state_dict(saved["optimizer"])
+        self.reward_optimizer.zero_grad()
+        self._storm_state = saved["storm"]
+        for array, old in zip(self._relabelled_rewards(), saved["rewards"]):
+            array[...] = old
+        self._n_outer = saved["n_outer"]
+
+    def _skip_nonfinite(self, what: str) -> None:
+        """Count, log and warn about a skipped outer step; stop after too many in a row."""
+        self._n_skipped_nonfinite = getattr(self, "_n_skipped_nonfinite", 0) + 1
+        self._n_nonfinite_consecutive = getattr(self, "_n_nonfinite_consecutive", 0) + 1
+        limit = getattr(self, "max_nonfinite_steps", 5)
+        self.logger.record("outer/skipped_nonfinite", self._n_skipped_nonfinite)
+        if self._n_nonfinite_consecutive >= limit:
+            raise FloatingPointError(
+                f"{self._n_nonfinite_consecutive} consecutive outer steps had non-finite values (last: {what}) at "
+                f"step {self.num_timesteps}; stopping (max_nonfinite_steps={limit})"
+            )
+        warnings.warn(
+            f"outer step at env step {self.num_timesteps} skipped: non-finite {what} "
+            f"({self._n_nonfinite_consecutive} in a row, max_nonfinite_steps={limit})",
+            RuntimeWarning,
+            stacklevel=2,
+        )
 
     def _reward_objective(self, on_policy, score_dirs) -> Callable[[], Tuple[th.Tensor, th.Tensor]]:
         """One reward step's objective on a fixed sample ``D_k``: returns ``() -> (surrogate, direct)``
@@ -589,6 +699,7 @@ class BilevelMixin:
         self.replay_buffer.relabel(self.reward_model, self._env_actions, self.relabel_batch_size)
 
     def _log_outer(self, losses, norms) -> None:
+        self.logger.record("outer/skipped_nonfinite", getattr(self, "_n_skipped_nonfinite", 0))
         self.logger.record("outer/loss", float(np.mean(losses)))
         self.logger.record("outer/hypergrad_norm", float(np.mean(norms)))
         self.logger.record("outer/tau", self._tau())
@@ -645,6 +756,7 @@ _BILEVEL_DEFAULTS = dict(
     branch_states=32,
     branch_horizon=100,
     branch_rollouts=1,
+    max_nonfinite_steps=5,
 )
 
 
@@ -660,8 +772,8 @@ class SoBiRL(BilevelMixin, SAC):
         policy: SAC policy (``"MlpPolicy"``, ``"CnnPolicy"``, ...).
         env: environment (id string, gymnasium env or VecEnv) returning TRUE rewards; the agent
             wraps it so that the inner learner sees the learned reward.
-        feedback: :class:`birl.feedback.SyntheticTeacher` (preferences) or
-            :class:`birl.feedback.Demonstrations` (ML-IRL).  Required.
+        feedback: :class:`birl.feedback.SyntheticTeacher` or :class:`birl.feedback.HumanTeacher`
+            (preferences) or :class:`birl.feedback.Demonstrations` (ML-IRL).  Required.
         reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` with two
             hidden layers of 64 from the spaces, ``CnnReward`` for images).
         estimator: ``"successor"`` (default), ``"myopic"``, ``"branch"`` (clonable envs:
@@ -687,7 +799,14 @@ class SoBiRL(BilevelMixin, SAC):
         branch_states, branch_horizon, branch_rollouts: ``branch`` estimator: visited pairs
             restarted per outer step (uniform subsample, reweighted), rollout truncation length and
             rollouts per pair and action.
+        max_nonfinite_steps: consecutive outer steps with non-finite values (true rewards,
+            labels, reward-model outputs, losses, hypergradients) that are skipped, each with a
+            warning and ``outer/skipped_nonfinite`` logged, before training stops with
+            ``FloatingPointError`` (positive integer, default 5).
         **kwargs: every other argument of :class:`stable_baselines3.SAC`.
+
+    An unseeded :class:`birl.feedback.SyntheticTeacher` is seeded with the agent's ``seed``, so
+    that one seed fixes the whole run.
     """
 
     def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str], feedback=None, **kwargs: Any) -> None:
