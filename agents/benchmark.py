@@ -420,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench_zoo.add_mujoco_arguments(sub.add_parser("mujoco", help="SoBiRL / DRLHF / SAC on MuJoCo through rl_zoo3 (needs .[zoo,mujoco])"))
     bench_zoo.add_atari_arguments(sub.add_parser("atari", help="SoBiRL / DRLHF / SAC on Atari through rl_zoo3 (needs .[zoo,atari])"))
+    from agents import bench_meta
+
+    bench_meta.add_arguments(sub.add_parser("meta-tabular", help="meta-learned reward across garnet tasks (seed 004) + joint demo/pref loss (seed 002)"))
+    from agents import bench_offline
+
+    bench_offline.add_arguments(sub.add_parser("offline", help="offline ML-IRL (world model) vs behaviour cloning on Pendulum-v1"))
     for name in NOT_YET:
         sub.add_parser(name, help="not implemented yet")
     return parser
@@ -441,6 +447,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from agents import bench_zoo
 
         (bench_zoo.run_mujoco if args.suite == "mujoco" else bench_zoo.run_atari)(args)
+        return 0
+    if args.suite == "meta-tabular":
+        from agents.bench_meta import run_meta_tabular
+
+        return run_meta_tabular(args, " ".join(["python -m agents.benchmark", *argv]))
+    if args.suite == "offline":
+        from agents.bench_offline import run_offline
+
+        run_offline(args, " ".join(["python -m agents.benchmark", *argv]))
         return 0
     if args.suite == "model-based":
         from agents.bench_model_based import run_model_based

@@ -32,6 +32,10 @@ Methods (all return a :class:`HypergradResult`):
              with ``s_{h+1}`` taken from the loss's own segment (exact ``grad V``).  Biased because
              ``l`` depends on ``s_{h+1}``; kept to demonstrate that bias in tests.
 
+Joint losses (:class:`birl.losses.JointLoss`, ``sum_i w_i f_i``, AIHF of seed 002): ``exact``
+and ``msobirl`` take the sum at once (they only need ``f`` by autograd); the other estimators
+run on each part with the same policy and the results are summed with the weights.
+
 For trajectory losses (:class:`birl.losses.TrajectoryLoss`) the score-function form is used
 (seed 003, "Second visit to hyper-gradient"):
 
@@ -49,7 +53,7 @@ from typing import Optional, Tuple, Union
 import numpy as np
 import torch
 
-from birl.losses import OuterLoss, TrajectoryLoss
+from birl.losses import JointLoss, OuterLoss, TrajectoryLoss
 from birl.tabular import SoftSolution, TabularMDP
 
 __all__ = ["HypergradResult", "hypergradient", "METHODS", "discounted_visits", "default_rollout_horizon", "leave_one_out"]
@@ -277,6 +281,22 @@ def _same_trajectory(mdp, x, loss, pi, rng=None, n_samples: Optional[int] = None
     return HypergradResult(gx + mdp.reward_vjp(x, W) / mdp.tau, f, "same_trajectory")
 
 
+def _joint(mdp, x, loss, pi, method: str, rng=None, **options):
+    """Weighted sum of the parts' estimates, ``sum_i w_i grad phi_i`` (the hypergradient is linear
+    in ``f``; :class:`birl.losses.JointLoss`, seed 002 slide "Extension").  Sampled parts share one
+    random generator, so their draws are independent."""
+    rng = _rng(rng)
+    grad, value, parts = np.zeros_like(x), 0.0, []
+    for w, part in zip(loss.weights, loss.parts):
+        if w == 0:
+            continue
+        res = _DISPATCH[method](mdp, x, part, pi, rng=rng, **options)
+        grad += w * res.grad
+        value += w * res.value
+        parts.append(res)
+    return HypergradResult(grad, float(value), method, {"parts": parts})
+
+
 _DISPATCH = {
     "exact": _exact,
     "msobirl": _msobirl,
@@ -331,4 +351,7 @@ def hypergradient(
         if v is not None and (int(v) != v or v < (0 if name == "n_iters" else 1)):
             kind = "non-negative" if name == "n_iters" else "positive"
             raise ValueError(f"{name} must be a {kind} integer, got {v!r}")
+    if isinstance(loss, JointLoss) and method not in ("exact", "msobirl"):
+        # sampled estimators depend on the loss kind: run them part by part
+        return _joint(mdp, x, loss, pi, method, **options)
     return _DISPATCH[method](mdp, x, loss, pi, **options)

@@ -32,6 +32,8 @@ __all__ = [
     "SyntheticLoss",
     "TrajectoryLoss",
     "PreferenceLoss",
+    "FixedPreferenceLoss",
+    "JointLoss",
     "enumerate_segments",
 ]
 
@@ -293,3 +295,143 @@ class PreferenceLoss(TrajectoryLoss):
             mask = (dt != 0).double()
             w = p[:, None] * p[None, :] * mask
             return float((w * agree).sum() / w.sum().clamp_min(1e-300))
+
+
+# ------------------------------------------------------------------ offline preferences
+class FixedPreferenceLoss(PolicyLoss):
+    """Bradley-Terry reward-model loss on a FIXED (offline) dataset of labelled segment pairs:
+    ``L_RM(x; D_p) = -(1/n) sum_i [y_i log sigma(R_x(d^1_i) - R_x(d^2_i)) + (1 - y_i) log sigma(R_x(d^2_i) - R_x(d^1_i))]``
+    with ``R_x(d) = sum_h r_x(s_h, a_h)`` (seed 002, slide "Extension": the ``L_RM(theta; D_p)``
+    term of AIHF; Christiano et al. 2017, eq. 1; seed 004, eq. (2)).
+
+    Unlike :class:`PreferenceLoss` the pairs do not come from ``pi*(x)``, so ``f`` depends on
+    ``x`` only directly (``grad_pi f = 0``) and every hypergradient reduces to ``grad_x f``.
+
+    Args:
+        states, actions: int arrays of shape ``(n, 2, H)`` (pair ``i``, segment ``1``/``2``, step).
+        labels: ``(n,)`` values in ``[0, 1]``, the probability that segment 1 is preferred.
+    """
+
+    def __init__(self, states, actions, labels) -> None:
+        st, ac = np.asarray(states), np.asarray(actions)
+        y = as_numpy(labels, "labels").reshape(-1)
+        if st.ndim != 3 or st.shape[1] != 2 or st.shape != ac.shape:
+            raise ValueError(f"states and actions must both have shape (n, 2, H), got {st.shape} and {ac.shape}")
+        if st.shape[0] == 0:
+            raise ValueError("states must hold at least one pair")
+        if y.shape != (st.shape[0],):
+            raise ValueError(f"labels must have shape ({st.shape[0]},), got {y.shape}")
+        if not np.all(np.isfinite(y)) or np.any(y < 0) or np.any(y > 1):
+            raise ValueError("labels must be probabilities in [0, 1]")
+        self.states, self.actions, self.labels = st.astype(np.int64), ac.astype(np.int64), y
+        self._s, self._a, self._y = torch.as_tensor(self.states), torch.as_tensor(self.actions), torch.as_tensor(y)
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def validate(self, mdp: TabularMDP) -> None:
+        if self.states.min() < 0 or self.states.max() >= mdp.n_states:
+            raise ValueError(f"states must be integers in [0, {mdp.n_states})")
+        if self.actions.min() < 0 or self.actions.max() >= mdp.n_actions:
+            raise ValueError(f"actions must be integers in [0, {mdp.n_actions})")
+
+    def value(self, mdp, x, pi):
+        R = mdp.reward_fn.torch(x)[self._s, self._a].sum(-1)  # (n, 2)
+        logit = R[:, 0] - R[:, 1]
+        return (self._y * F.softplus(-logit) + (1.0 - self._y) * F.softplus(logit)).mean()
+
+    def accuracy(self, mdp: TabularMDP, x) -> float:
+        """Fraction of non-tied pairs whose predicted order matches the (rounded) label."""
+        R = mdp.reward(x)[self.states, self.actions].sum(-1)
+        keep = self.labels != 0.5
+        if not keep.any():
+            return float("nan")
+        return float(np.mean((R[keep, 0] > R[keep, 1]) == (self.labels[keep] > 0.5)))
+
+    @classmethod
+    def sample(
+        cls,
+        mdp: TabularMDP,
+        pi: np.ndarray,
+        true_reward: np.ndarray,
+        n_pairs: int,
+        horizon: int,
+        rng: np.random.Generator,
+        beta: float = 1.0,
+        start: Optional[np.ndarray] = None,
+    ) -> "FixedPreferenceLoss":
+        """Draw ``n_pairs`` pairs of segments from ``pi`` and binary labels from a Bradley-Terry
+        teacher on ``true_reward``: ``P(y = 1) = sigma(beta (R_true(d^1) - R_true(d^2)))``."""
+        if int(n_pairs) != n_pairs or n_pairs < 1:
+            raise ValueError(f"n_pairs must be a positive integer, got {n_pairs!r}")
+        if not beta > 0:
+            raise ValueError(f"beta must be positive (or inf), got {beta!r}")
+        st, ac = mdp.sample_trajectories(np.asarray(pi, dtype=np.float64), 2 * int(n_pairs), horizon, rng, start=start)
+        st, ac = st.reshape(n_pairs, 2, horizon), ac.reshape(n_pairs, 2, horizon)
+        R = np.asarray(true_reward, dtype=np.float64)[st, ac].sum(-1)
+        diff = R[:, 0] - R[:, 1]
+        p = (diff > 0) + 0.5 * (diff == 0) if np.isinf(beta) else 1.0 / (1.0 + np.exp(-beta * diff))
+        y = (rng.random(n_pairs) < p).astype(np.float64)
+        return cls(st, ac, y)
+
+
+# ------------------------------------------------------------------ joint losses
+class JointLoss(OuterLoss):
+    """Weighted sum of outer losses ``f(x, pi) = sum_i w_i f_i(x, pi)``.
+
+    With a demonstration and a preference part this is the joint objective of AIHF (seed 002,
+    slide "Extension", Li, Zeng et al. ICLR 2025):
+
+        min_x  L_SFT(x; D_d) + lambda * L_RM(x; D_p)   s.t.  pi_x = argmax_pi E_pi[r_x + H(pi)]
+
+    where ``L_SFT = -E_{D_d}[log pi*_x(a|s)]`` is the ML-IRL demonstration loss
+    (:class:`DemonstrationNLL`, seed 002 "BLO for Alignment", (ML-BLO)) and ``L_RM`` a
+    Bradley-Terry preference loss (:class:`PreferenceLoss` on segments from ``pi*_x``, or
+    :class:`FixedPreferenceLoss` on an offline dataset).  The slide has ``lambda = 1``.
+
+    The hypergradient is linear in ``f``: ``grad phi = sum_i w_i grad phi_i``.
+    :func:`birl.hypergrad.hypergradient` evaluates the joint loss at once for ``exact`` and
+    ``msobirl`` and calls the chosen sampled estimator on each part (with the same policy)
+    otherwise, so a method works on a joint loss whenever it works on every part.
+
+    Args:
+        parts: a sequence of :class:`OuterLoss`.
+        weights: non-negative finite weights, one per part (default all 1); at least one > 0.
+    """
+
+    def __init__(self, parts, weights=None) -> None:
+        parts = list(parts)
+        if not parts:
+            raise ValueError("parts must hold at least one OuterLoss")
+        for i, part in enumerate(parts):
+            if not isinstance(part, OuterLoss):
+                raise TypeError(f"parts[{i}] must be a birl.losses.OuterLoss, got {type(part).__name__}")
+        w = np.ones(len(parts)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape != (len(parts),):
+            raise ValueError(f"weights must have one entry per part ({len(parts)}), got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError(f"weights must be finite and non-negative, got {w.tolist()}")
+        if not np.any(w > 0):
+            raise ValueError("weights must have at least one positive entry")
+        self.parts, self.weights = parts, w
+
+    @classmethod
+    def demonstrations_and_preferences(cls, demonstrations: OuterLoss, preferences: OuterLoss, lam: float = 1.0) -> "JointLoss":
+        """AIHF: ``L_demo + lam * L_pref`` (seed 002, slide "Extension"; ``lam >= 0``)."""
+        if isinstance(lam, bool) or not np.isscalar(lam) or not np.isfinite(lam) or lam < 0:
+            raise ValueError(f"lam must be a finite non-negative number, got {lam!r}")
+        return cls([demonstrations, preferences], [1.0, float(lam)])
+
+    #: neither a policy nor a trajectory loss: sampled estimators are run part by part.
+    kind = "joint"
+
+    def validate(self, mdp: TabularMDP) -> None:
+        for part in self.parts:
+            part.validate(mdp)
+
+    def value(self, mdp, x, pi):
+        return sum(float(w) * part.value(mdp, x, pi) for w, part in zip(self.weights, self.parts) if w != 0)
+
+    def __repr__(self) -> str:
+        terms = " + ".join(f"{w:g} * {type(p).__name__}" for w, p in zip(self.weights, self.parts))
+        return f"JointLoss({terms})"
