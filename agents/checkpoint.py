@@ -200,7 +200,7 @@ def capture_training_state(model: Any) -> Tuple[Dict[str, Any], Dict[str, th.Ten
             rng["attributes"][name] = _to_json(gen.bit_generator.state)
         else:
             tensors[f"rng/attr/{name}"] = gen.get_state()
-    feedback = getattr(model, "feedback", None)
+    feedback = getattr(model, "teacher", None)  # the preference source holds the feedback RNG
     if feedback is not None:
         for name, gen in _generator_attributes(feedback).items():
             if isinstance(gen, np.random.Generator):
@@ -261,7 +261,7 @@ def restore_training_state(model: Any, checkpoint: "Checkpoint", envs: bool = Tr
             gen = getattr(model, key[len("rng/attr/"):], None)
             if isinstance(gen, th.Generator):
                 gen.set_state(state)
-    feedback = getattr(model, "feedback", None)
+    feedback = getattr(model, "teacher", None)  # the preference source holds the feedback RNG
     if feedback is not None:
         current = _generator_attributes(feedback)
         for name, state in rng["feedback"].items():

@@ -574,7 +574,7 @@ def _check_feedback_settings(hyperparams: Mapping[str, Any], report: _Problems) 
     demos = mapping("demonstrations_kwargs")
     if demos:
         _check_keys("demonstrations_kwargs", demos, _DEMO_OPTION_TYPES, report)
-    if kind == "demonstrations":
+    if kind in ("demonstrations", "joint"):
         try:
             zoo.check_demonstrations_settings(demos)
         except ValueError as err:

@@ -449,7 +449,7 @@ class DiscreteMSoBiRL(_ModelEstimatorMixin, DiscreteSoBiRL):
 
     def demonstration_weights(self) -> np.ndarray:
         """Empirical ``(s, a)`` frequencies of the demonstrations (the ML-IRL loss weights)."""
-        data = self._demo_data if self._demo_data is not None else self.feedback.transitions()
+        data = self._demo_data if self._demo_data is not None else self.demonstrations.transitions()
         W = np.zeros(self.counts.counts.shape[:2])
         np.add.at(W, (data["obs"].astype(np.int64).reshape(-1), data["acts"].astype(np.int64).reshape(-1)), 1.0)
         return W / W.sum()

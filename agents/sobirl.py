@@ -98,6 +98,45 @@ def _require_finite(what: str, *values: Any) -> None:
             raise _NonFinite(what)
 
 
+_TEACHERS = (SyntheticTeacher, HumanTeacher)
+
+
+def _as_sources(feedback) -> Tuple[Any, ...]:
+    return tuple(feedback) if isinstance(feedback, (list, tuple)) else (feedback,)
+
+
+def _teacher_of(feedback):
+    return next((f for f in _as_sources(feedback) if isinstance(f, _TEACHERS)), None)
+
+
+def _demonstrations_of(feedback):
+    return next((f for f in _as_sources(feedback) if isinstance(f, Demonstrations)), None)
+
+
+def _check_feedback(feedback):
+    """One feedback source, or a list of one preference source and one :class:`Demonstrations`
+    (the AIHF joint loss); returns it (a list as a tuple)."""
+    if feedback is None:
+        raise ValueError(
+            "feedback is required: pass a birl.feedback.SyntheticTeacher or HumanTeacher (preferences), "
+            "birl.feedback.Demonstrations (ML-IRL), or a list of one of each (joint loss)"
+        )
+    sources = _as_sources(feedback)
+    for f in sources:
+        if not isinstance(f, _TEACHERS + (Demonstrations,)):
+            raise TypeError(f"feedback must be a SyntheticTeacher, HumanTeacher or Demonstrations, got {type(f).__name__}")
+        if isinstance(f, Demonstrations) and len(f) == 0:
+            raise ValueError("feedback: the Demonstrations hold no trajectory")
+    n_teachers = sum(isinstance(f, _TEACHERS) for f in sources)
+    n_demos = sum(isinstance(f, Demonstrations) for f in sources)
+    if len(sources) == 0 or n_teachers > 1 or n_demos > 1:
+        raise ValueError(
+            f"feedback: a list must hold one preference source and/or one Demonstrations, got "
+            f"{[type(f).__name__ for f in sources]}"
+        )
+    return sources if isinstance(feedback, (list, tuple)) else feedback
+
+
 class BilevelMixin:
     """The outer level shared by the continuous and discrete agents (see module docstring)."""
 
@@ -134,19 +173,14 @@ class BilevelMixin:
         branch_horizon: int,
         branch_rollouts: int,
         max_nonfinite_steps: int = 5,
+        pref_weight: float = 1.0,
     ) -> None:
-        if feedback is None:
-            raise ValueError(
-                "feedback is required: pass a birl.feedback.SyntheticTeacher (preferences) "
-                "or birl.feedback.Demonstrations (ML-IRL)"
-            )
-        if not isinstance(feedback, (SyntheticTeacher, HumanTeacher, Demonstrations)):
-            raise TypeError(f"feedback must be a SyntheticTeacher, HumanTeacher or Demonstrations, got {type(feedback).__name__}")
-        if isinstance(feedback, Demonstrations) and len(feedback) == 0:
-            raise ValueError("feedback: the Demonstrations hold no trajectory")
+        feedback = _check_feedback(feedback)
         estimator = self.default_estimator if estimator is None else estimator
-        if estimator == "branch" and isinstance(feedback, Demonstrations):
-            raise ValueError("estimator='branch' needs preference feedback: expert states cannot be restored")
+        if estimator == "branch" and _demonstrations_of(feedback) is not None:
+            raise ValueError("estimator='branch' needs preference feedback only: expert states cannot be restored")
+        if not (np.isfinite(pref_weight) and pref_weight >= 0):
+            raise ValueError(f"pref_weight must be a finite number >= 0, got {pref_weight!r}")
         if estimator not in self.estimators:
             raise ValueError(f"estimator must be one of {self.estimators}, got {estimator!r}")
         for name, value in (
@@ -178,6 +212,7 @@ class BilevelMixin:
         if query_selection not in ("uniform", "disagreement", "entropy"):
             raise ValueError(f"query_selection must be 'uniform', 'disagreement' or 'entropy', got {query_selection!r}")
         self.feedback = feedback
+        self.pref_weight = float(pref_weight)
         self.estimator = estimator
         self.n_queries, self.query_schedule, self.query_selection = int(n_queries), query_schedule, query_selection
         self.n_candidates, self.segment_length, self.outer_freq = int(n_candidates), int(segment_length), int(outer_freq)
@@ -209,19 +244,33 @@ class BilevelMixin:
 
     def __init__(self, policy: Union[str, Type], env: Union[GymEnv, str, None], feedback=None, **kwargs: Any) -> None:
         super().__init__(policy, env, **self._init_from_kwargs(feedback, kwargs))
-        constructed = getattr(self, "feedback", None) is not None  # not set when SB3's load builds the agent
-        if constructed and isinstance(self.feedback, SyntheticTeacher) and self.feedback.seed is None and self.seed is not None:
+        teacher = self.teacher if getattr(self, "feedback", None) is not None else None  # no feedback yet in SB3's load
+        if isinstance(teacher, SyntheticTeacher) and teacher.seed is None and self.seed is not None:
             # reproducibility: an unseeded teacher follows the agent's seed (as the zoo does)
-            self.feedback.seed = int(self.seed)
-            self.feedback.reset()
+            teacher.seed = int(self.seed)
+            teacher.reset()
 
     def _setup_model(self) -> None:
         super()._setup_model()
         self._setup_bilevel()
 
     @property
+    def teacher(self) -> Union[SyntheticTeacher, HumanTeacher, None]:
+        """The preference source among the feedback sources (``None`` without one)."""
+        return _teacher_of(self.feedback)
+
+    @property
+    def demonstrations(self) -> Optional[Demonstrations]:
+        """The demonstrations among the feedback sources (``None`` without them)."""
+        return _demonstrations_of(self.feedback)
+
+    @property
     def uses_preferences(self) -> bool:
-        return isinstance(self.feedback, (SyntheticTeacher, HumanTeacher))
+        return self.teacher is not None
+
+    @property
+    def uses_demonstrations(self) -> bool:
+        return self.demonstrations is not None
 
     @property
     def needs_successor(self) -> bool:
@@ -384,7 +433,7 @@ class BilevelMixin:
 
     def _query(self) -> Optional[Tuple[SegmentBatch, SegmentBatch, np.ndarray]]:
         """Ask the teacher about new pairs from recent rollouts; store them; return the labelled pairs."""
-        late = self.feedback.drain() if isinstance(self.feedback, HumanTeacher) else None
+        late = self.teacher.drain() if isinstance(self.teacher, HumanTeacher) else None
         if late is not None:  # human answers given after their label() call returned
             self.preferences.add(*late)
         k = self._schedule()(self._n_outer, asked=self._n_asked)
@@ -410,7 +459,7 @@ class BilevelMixin:
             chosen = select_queries(self.query_selection, k, r1, r2)
         s1, s2 = s1[chosen], s2[chosen]
         _require_finite("segment true rewards", s1.true_rewards, s2.true_rewards)
-        labels, keep = self.feedback.label(s1, s2)
+        labels, keep = self.teacher.label(s1, s2)
         _require_finite("feedback labels", labels)
         self._n_asked += k
         self.preferences.add(s1, s2, labels, keep)
@@ -567,7 +616,7 @@ class BilevelMixin:
         on_policy, score_dirs = None, None
         if self.uses_preferences:
             on_policy = self._query()
-            if len(self.preferences) == 0:
+            if len(self.preferences) == 0 and not self.uses_demonstrations:
                 self._n_outer += 1
                 return
             if on_policy is not None and len(on_policy[2]) >= 2 and self.num_timesteps >= self.hypergrad_warmup:
@@ -577,8 +626,8 @@ class BilevelMixin:
                     score_dirs = self._branch_directions([on_policy[0], on_policy[1]])
                 if score_dirs is not None:
                     _require_finite(f"hypergradient directions ({self.estimator} estimator)", score_dirs)
-        elif self._demo_data is None:
-            self._demo_data = self.feedback.transitions()
+        if self.uses_demonstrations and self._demo_data is None:
+            self._demo_data = self.demonstrations.transitions()
 
         losses, norms = [], []
         for _ in range(self.reward_steps):
@@ -649,25 +698,39 @@ class BilevelMixin:
 
     def _reward_objective(self, on_policy, score_dirs) -> Callable[[], Tuple[th.Tensor, th.Tensor]]:
         """One reward step's objective on a fixed sample ``D_k``: returns ``() -> (surrogate, direct)``
-        evaluated at the reward model's current parameters (STORM re-evaluates it at old ones)."""
-        if self.uses_preferences:
+        evaluated at the reward model's current parameters (STORM re-evaluates it at old ones).
+
+        With both feedback kinds it is the AIHF joint loss (seed 002, "Extension"; the joint
+        :class:`birl.losses.JointLoss` of the tabular core) ``L_demo + pref_weight * L_pref``, each
+        term with its own SoBiRL hypergradient surrogate."""
+        parts = []
+        if self.uses_preferences and len(self.preferences) > 0:
             s1, s2, y = self.preferences.sample(self.reward_batch_size, rng=self._outer_rng)
 
-            def objective():
+            def pref_objective():
                 direct = bradley_terry_nll(
                     segment_returns(self.reward_model, s1), segment_returns(self.reward_model, s2), y,
                     label_smoothing=self.label_smoothing,
                 )
                 return direct + self._hyper_surrogate(on_policy, score_dirs), direct
 
-            return objective
-        idx = self._outer_rng.integers(0, self._demo_data["obs"].shape[0], size=self.demo_batch_size)
+            parts.append((pref_objective, self.pref_weight if self.uses_demonstrations else 1.0))
+        if self.uses_demonstrations:
+            idx = self._outer_rng.integers(0, self._demo_data["obs"].shape[0], size=self.demo_batch_size)
 
-        def demo_objective():
-            loss = self._demo_surrogate(idx)
-            return loss, loss
+            def demo_objective():
+                loss = self._demo_surrogate(idx)
+                return loss, loss
 
-        return demo_objective
+            parts.append((demo_objective, 1.0))
+        if len(parts) == 1:
+            return parts[0][0]
+
+        def joint_objective():
+            terms = [(weight, fn()) for fn, weight in parts]
+            return sum(w * t[0] for w, t in terms), sum(w * t[1] for w, t in terms)
+
+        return joint_objective
 
     def _storm_correct(self, objective: Callable[[], Tuple[th.Tensor, th.Tensor]]) -> None:
         """STORM momentum (Stoc-SoBiRL, seed 003 "Stochastic extension") on the reward parameters:
@@ -757,6 +820,7 @@ _BILEVEL_DEFAULTS = dict(
     branch_horizon=100,
     branch_rollouts=1,
     max_nonfinite_steps=5,
+    pref_weight=1.0,
 )
 
 
@@ -773,7 +837,8 @@ class SoBiRL(BilevelMixin, SAC):
         env: environment (id string, gymnasium env or VecEnv) returning TRUE rewards; the agent
             wraps it so that the inner learner sees the learned reward.
         feedback: :class:`birl.feedback.SyntheticTeacher` or :class:`birl.feedback.HumanTeacher`
-            (preferences) or :class:`birl.feedback.Demonstrations` (ML-IRL).  Required.
+            (preferences), :class:`birl.feedback.Demonstrations` (ML-IRL), or a list of one of
+            each: the AIHF joint loss ``L_demo + pref_weight * L_pref`` (seed 002).  Required.
         reward_model: a :class:`birl.reward_models.RewardModel` (default: ``MlpReward`` with two
             hidden layers of 64 from the spaces, ``CnnReward`` for images).
         estimator: ``"successor"`` (default), ``"myopic"``, ``"branch"`` (clonable envs:
@@ -803,6 +868,7 @@ class SoBiRL(BilevelMixin, SAC):
             labels, reward-model outputs, losses, hypergradients) that are skipped, each with a
             warning and ``outer/skipped_nonfinite`` logged, before training stops with
             ``FloatingPointError`` (positive integer, default 5).
+        pref_weight: ``lambda`` of the joint loss (with both feedback kinds; ignored otherwise).
         **kwargs: every other argument of :class:`stable_baselines3.SAC`.
 
     An unseeded :class:`birl.feedback.SyntheticTeacher` is seeded with the agent's ``seed``, so

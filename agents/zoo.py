@@ -20,7 +20,8 @@ e.g. ``n_queries``, ``query_schedule``, ``segment_length``, ``estimator``, ``out
 
 ``feedback``
     ``"preferences"`` (default: a :class:`birl.feedback.SyntheticTeacher` on the TRUE reward) or
-    ``"demonstrations"`` (ML-IRL); an already built feedback object passes through.
+    ``"demonstrations"`` (ML-IRL) or ``"joint"`` (both: the AIHF joint loss, weighted by the
+    ``pref_weight`` hyperparameter); an already built feedback object passes through.
 ``teacher_kwargs``
     :class:`~birl.feedback.SyntheticTeacher` arguments (``beta``, ``eps_mistake``, ...); ``seed``
     defaults to the run's seed.  Read only for ``preferences``.
@@ -78,7 +79,7 @@ __all__ = [
 #: This repository's rl-zoo style hyperparameter files, ``zoo_configs/<algo>.yml``.
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "zoo_configs"
 
-FEEDBACK_KINDS = ("preferences", "demonstrations")
+FEEDBACK_KINDS = ("preferences", "demonstrations", "joint")
 _FEEDBACK_KEYS = ("feedback", "teacher_kwargs", "demonstrations_kwargs", "reward_model_kwargs")
 _DEMO_SOURCES = ("path", "minari", "expert")
 _DEMO_OPTIONS = ("expert_algo", "n_episodes", "deterministic", "seed")
@@ -174,7 +175,8 @@ def make_feedback(kind: Any, teacher_kwargs: Any = None, demonstrations_kwargs: 
     """The ``feedback=`` object of a bilevel agent from YAML-friendly settings.
 
     Args:
-        kind: ``"preferences"``, ``"demonstrations"`` or an already built feedback object.
+        kind: ``"preferences"``, ``"demonstrations"``, ``"joint"`` (a list of both) or an
+            already built feedback object.
         teacher_kwargs: :class:`birl.feedback.SyntheticTeacher` arguments (``preferences``).
         demonstrations_kwargs: the expert data source (``demonstrations``, see module docstring).
         env: the training env (only for ``demonstrations_kwargs.expert``).
@@ -196,6 +198,9 @@ def make_feedback(kind: Any, teacher_kwargs: Any = None, demonstrations_kwargs: 
             raise TypeError(f"teacher_kwargs: {err}") from err
     if kind == "demonstrations":
         return _demonstrations(_check_mapping(demonstrations_kwargs, "demonstrations_kwargs"), env)
+    if kind == "joint":
+        return [make_feedback(part, teacher_kwargs, demonstrations_kwargs, env=env, seed=seed)
+                for part in ("demonstrations", "preferences")]
     raise ValueError(f"hyperparameter 'feedback' must be one of {FEEDBACK_KINDS}, got {kind!r}")
 
 
