@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from birl._checks import nonempty_list_of
 from birl.rewards import as_numpy
 from birl.tabular import TabularMDP
 
@@ -400,12 +401,7 @@ class JointLoss(OuterLoss):
     """
 
     def __init__(self, parts, weights=None) -> None:
-        parts = list(parts)
-        if not parts:
-            raise ValueError("parts must hold at least one OuterLoss")
-        for i, part in enumerate(parts):
-            if not isinstance(part, OuterLoss):
-                raise TypeError(f"parts[{i}] must be a birl.losses.OuterLoss, got {type(part).__name__}")
+        parts = nonempty_list_of(parts, OuterLoss, "parts")
         w = np.ones(len(parts)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
         if w.shape != (len(parts),):
             raise ValueError(f"weights must have one entry per part ({len(parts)}), got shape {w.shape}")

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from birl.hypergrad import HypergradResult, hypergradient
+from birl._checks import nonempty_list_of
 from birl.losses import OuterLoss, PreferenceLoss
 from birl.tabular import SoftSolution, TabularMDP, garnet, gridworld
 
@@ -166,12 +167,7 @@ class MetaObjective:
     """
 
     def __init__(self, tasks: Sequence[Task]) -> None:
-        tasks = list(tasks)
-        if not tasks:
-            raise ValueError("tasks must hold at least one Task")
-        for i, task in enumerate(tasks):
-            if not isinstance(task, Task):
-                raise TypeError(f"tasks[{i}] must be a birl.meta.Task, got {type(task).__name__}")
+        tasks = nonempty_list_of(tasks, Task, "tasks")
         d = tasks[0].mdp.n_params
         for i, task in enumerate(tasks):
             if task.mdp.n_params != d:

@@ -12,6 +12,21 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def phi(mdp, loss, x):
+    """The outer objective ``f(x, pi*(x))`` with a tight exact inner solve."""
+    return loss(mdp, x, mdp.soft_solve(x, tol=1e-13).pi)
+
+
+def central_differences(mdp, loss, x, eps=1e-5):
+    """Central finite differences of :func:`phi` in every coordinate of ``x``."""
+    g = np.zeros_like(x)
+    for i in range(x.size):
+        e = np.zeros_like(x)
+        e[i] = eps
+        g[i] = (phi(mdp, loss, x + e) - phi(mdp, loss, x - e)) / (2 * eps)
+    return g
+
+
 @pytest.fixture
 def small_garnet():
     return garnet(6, 3, 4, gamma=0.8, tau=0.7, seed=1, branching=2)

@@ -8,20 +8,7 @@ from birl.hypergrad import hypergradient
 from birl.losses import DemonstrationNLL, FixedPreferenceLoss, JointLoss, PreferenceLoss, SyntheticLoss
 from birl.solvers import SoBiRL
 from birl.tabular import garnet
-from conftest import cosine, rel_err
-
-
-def phi(mdp, loss, x):
-    return loss(mdp, x, mdp.soft_solve(x, tol=1e-13).pi)
-
-
-def central_differences(mdp, loss, x, eps=1e-5):
-    g = np.zeros_like(x)
-    for i in range(x.size):
-        e = np.zeros_like(x)
-        e[i] = eps
-        g[i] = (phi(mdp, loss, x + e) - phi(mdp, loss, x - e)) / (2 * eps)
-    return g
+from conftest import central_differences, cosine, phi, rel_err
 
 
 def setting(seed, lam=0.7, offline=False):

@@ -16,6 +16,8 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from birl._checks import nonempty_list_of
+
 __all__ = [
     "Segment",
     "SegmentBatch",
@@ -172,12 +174,8 @@ class SegmentBatch:
     @classmethod
     def from_segments(cls, segments: Sequence[Segment]) -> "SegmentBatch":
         """Stack segments of equal length and shapes (``next_obs`` kept only if all have it)."""
-        segments = list(segments)
-        if not segments:
-            raise ValueError("segments must not be empty")
+        segments = nonempty_list_of(segments, Segment, "segments")
         for i, s in enumerate(segments):
-            if not isinstance(s, Segment):
-                raise TypeError(f"segments[{i}] must be a Segment, got {type(s).__name__}")
             for name in ("obs", "acts", "true_rewards"):
                 if getattr(s, name).shape != getattr(segments[0], name).shape:
                     raise ValueError(f"segments[{i}].{name} has shape {getattr(s, name).shape}, segments[0] has {getattr(segments[0], name).shape}")
