@@ -423,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agents import bench_meta
 
     bench_meta.add_arguments(sub.add_parser("meta-tabular", help="meta-learned reward across garnet tasks (seed 004) + joint demo/pref loss (seed 002)"))
+    from agents import bench_meta_pendulum
+
+    bench_meta_pendulum.add_arguments(sub.add_parser("meta-pendulum", help="meta-learned reward across Pendulum-v1 variants, held-out variants (seed 004)"))
     from agents import bench_offline
 
     bench_offline.add_arguments(sub.add_parser("offline", help="offline ML-IRL (world model) vs behaviour cloning on Pendulum-v1"))
@@ -452,6 +455,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from agents.bench_meta import run_meta_tabular
 
         return run_meta_tabular(args, " ".join(["python -m agents.benchmark", *argv]))
+    if args.suite == "meta-pendulum":
+        from agents.bench_meta_pendulum import run_meta_pendulum
+
+        return run_meta_pendulum(args, " ".join(["python -m agents.benchmark", *argv]))
     if args.suite == "offline":
         from agents.bench_offline import run_offline
 
