@@ -16,6 +16,8 @@ _LAZY = {
     "DiscreteSAC": "agents.discrete_sac",
     "MSoBiRL": "agents.msobirl",
     "DiscreteMSoBiRL": "agents.msobirl",
+    "OfflineMLIRL": "agents.offline",
+    "BehaviourCloning": "agents.bc",
 }
 
 __all__ = sorted(_LAZY)
