@@ -117,7 +117,7 @@ def expert_and_demos(env_id: str, runs: Path, expert_steps: int, max_demos: int)
 def offline_kwargs(seed: int) -> Dict:
     """Settings of the offline ML-IRL runs (kept in each run's record)."""
     return dict(seed=seed, outer_freq=500, reward_steps=10, reward_lr=1e-3, demo_batch_size=256, batch_size=128,
-                real_ratio=0.5, penalty_coef=1.0, uncertainty="disagreement", rollout_batch_size=500,
+                real_ratio=0.5, penalty_coef=1.0, uncertainty="disagreement", rollout_batch_size=10_000,
                 model_rollout_freq=250, model_retain=4, branch_horizon=10,
                 dynamics_kwargs=dict(hidden=(200, 200), n_members=5, n_elites=3), model_fit_kwargs=dict(max_epochs=200, patience=10),
                 policy_kwargs=dict(net_arch=[64, 64]))

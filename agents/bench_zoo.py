@@ -44,7 +44,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-ALGOS = ("sobirl", "drlhf", "sac")
+DEFAULT_ALGOS = ("sobirl", "drlhf", "sac")
+ALGOS = DEFAULT_ALGOS + ("msobirl",)  # M-SoBiRL: flat vector observations only (not Atari)
 RANDOM = "random"
 
 
@@ -108,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser, suite: Suite) -> None:
     from rl_zoo3.utils import StoreDict
 
     parser.add_argument("--envs", default=",".join(suite.envs), help=f"comma-separated env ids (default: {','.join(suite.envs)})")
-    parser.add_argument("--algos", default=",".join(ALGOS), help=f"comma-separated subset of {ALGOS}")
+    parser.add_argument("--algos", default=",".join(DEFAULT_ALGOS), help=f"comma-separated subset of {ALGOS}")
     parser.add_argument("--seeds", type=int, default=suite.seeds, help=f"seeds per algorithm and env (default: {suite.seeds})")
     parser.add_argument("--steps", type=int, default=suite.steps, help=f"env steps per run (default: {suite.steps})")
     parser.add_argument("--queries", type=int, default=suite.queries, help=f"preference budget per run (default: {suite.queries})")
@@ -155,6 +156,8 @@ def plan(suite: str, args: argparse.Namespace) -> List[RunSpec]:
     for env_id in _split(args.envs, "--envs"):
         specs.append(RunSpec(env_id=env_id, algo=RANDOM, seed=0, queries=0, **common))
         algos = _split(args.algos, "--algos", ALGOS)
+        if suite == "atari" and "msobirl" in algos:
+            raise ValueError("--algos: msobirl learns dynamics of flat vector observations; it does not run on Atari")
         # seed-major order: an interrupted suite still has comparable (algo, seed) sets
         specs += [RunSpec(env_id=env_id, algo=algo, seed=s, queries=args.queries if algo != "sac" else 0, **common)
                   for s in range(args.seeds) for algo in algos]

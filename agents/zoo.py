@@ -360,6 +360,7 @@ def bilevel_sampler(hypergradient: bool) -> Sampler:
 
 
 add_algorithm("sobirl", box="agents.sobirl:SoBiRL", discrete="agents.sobirl:DiscreteSoBiRL", sampler=bilevel_sampler(True))
+add_algorithm("msobirl", box="agents.msobirl:MSoBiRL", discrete="agents.msobirl:DiscreteMSoBiRL", sampler=bilevel_sampler(True))
 add_algorithm("drlhf", box="agents.sobirl:DRLHF", discrete="agents.sobirl:DiscreteDRLHF", sampler=bilevel_sampler(False))
 add_algorithm("sac", box="stable_baselines3:SAC", discrete="agents.discrete_sac:DiscreteSAC", bilevel=False)
 

@@ -112,7 +112,7 @@ def test_unknown_key_is_named_with_a_suggestion():
 
 
 def test_bilevel_key_given_to_sac_says_who_accepts_it():
-    assert "it is a hyperparameter of drlhf, sobirl" in str(check("sac", n_queries=10))
+    assert "it is a hyperparameter of drlhf, msobirl, sobirl" in str(check("sac", n_queries=10))
 
 
 @pytest.mark.parametrize(

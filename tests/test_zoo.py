@@ -20,7 +20,7 @@ from gymnasium import spaces  # noqa: E402
 from agents import enjoy, train, zoo  # noqa: E402
 from birl.feedback import Demonstrations, SyntheticTeacher, Trajectory  # noqa: E402
 
-ALGOS = ("sobirl", "drlhf", "sac")
+ALGOS = ("sobirl", "drlhf", "sac", "msobirl")
 GENERIC_ATARI_ID = "SpaceInvadersNoFrameskip-v4"  # an Atari id without an entry: the `atari` fallback
 REPO = Path(__file__).resolve().parent.parent
 
