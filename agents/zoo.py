@@ -77,7 +77,17 @@ __all__ = [
 ]
 
 #: This repository's rl-zoo style hyperparameter files, ``zoo_configs/<algo>.yml``.
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "zoo_configs"
+def _config_dir() -> Path:
+    """``zoo_configs/``: the installed package data, else this repository's folder."""
+    try:
+        from importlib.resources import files
+
+        return Path(str(files("zoo_configs")))
+    except (ImportError, TypeError):  # a source tree that is not installed
+        return Path(__file__).resolve().parent.parent / "zoo_configs"
+
+
+CONFIG_DIR = _config_dir()
 
 FEEDBACK_KINDS = ("preferences", "demonstrations", "joint")
 _FEEDBACK_KEYS = ("feedback", "teacher_kwargs", "demonstrations_kwargs", "reward_model_kwargs")
