@@ -47,6 +47,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=6000, help="virtual steps of offline ML-IRL")
     parser.add_argument("--expert-steps", type=int, default=15000, help="SAC steps of the expert (true reward)")
     parser.add_argument("--max-demos", type=int, default=10, help="expert episodes collected (cached)")
+    parser.add_argument(
+        "--play-episodes", type=int, default=0,
+        help="non-expert episodes (the expert with action noise 0.25/0.5/1) added to the offline agent's dataset for "
+             "its world model and SAC (never to the ML-IRL loss, nor to BC); 0: expert data only",
+    )
     parser.add_argument("--methods", default="bc,offline_mlirl", help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--out", default="benchmark")
 
@@ -83,6 +88,31 @@ class _Random:
         return np.stack([self.space.sample() for _ in range(len(obs))]), None
 
 
+PLAY_NOISE = (0.25, 0.5, 1.0)
+
+
+def play_data(expert, env_id: str, runs: Path, n_episodes: int):
+    """``n_episodes`` of the expert whose action is replaced by a uniform random one with probability
+    cycling through :data:`PLAY_NOISE` (cached): broad, unlabelled-quality data for the world model."""
+    import gymnasium as gym
+
+    from birl.feedback import Demonstrations
+
+    path = runs / f"play_{env_id}_{n_episodes}.npz"
+    if path.exists():
+        return Demonstrations.load(path)
+    env, rng = gym.make(env_id), np.random.default_rng(DEMO_SEED + 1)
+    env.action_space.seed(DEMO_SEED + 1)
+    episodes = []
+    for i in range(n_episodes):
+        eps = PLAY_NOISE[i % len(PLAY_NOISE)]
+        act = lambda obs, eps=eps: env.action_space.sample() if rng.random() < eps else expert.predict(obs, deterministic=False)[0]  # noqa: E731
+        episodes += Demonstrations.collect(act, env, 1, seed=DEMO_SEED + 100 + i).trajectories
+    data = Demonstrations(episodes)
+    data.save(path)
+    return data
+
+
 def expert_and_demos(env_id: str, runs: Path, expert_steps: int, max_demos: int) -> Dict:
     """Train (or load) the SAC expert and collect (or load) its demonstrations; returns references."""
     import gymnasium as gym
@@ -111,7 +141,7 @@ def expert_and_demos(env_id: str, runs: Path, expert_steps: int, max_demos: int)
         ref = {"expert": evaluate(expert, env_id), "random": evaluate(_Random(env.action_space, 0), env_id),
                "demo_returns": demos.returns().tolist(), "expert_steps": expert_steps}
         ref_path.write_text(json.dumps(ref))
-    return {"demos": demos, **ref}
+    return {"demos": demos, "expert_model": expert, **ref}
 
 
 def offline_kwargs(seed: int) -> Dict:
@@ -142,8 +172,9 @@ def _fix_true_reward(model, env_id: str) -> None:
     model._outer_step = no_outer_step
 
 
-def run_one(method: str, env_id: str, n_demos: int, seed: int, steps: int, demos, path: Path) -> Dict:
-    """Train one method on the first ``n_demos`` expert episodes; evaluate; write the record."""
+def run_one(method: str, env_id: str, n_demos: int, seed: int, steps: int, demos, path: Path, play=None) -> Dict:
+    """Train one method on the first ``n_demos`` expert episodes (offline agents: plus ``play``,
+    non-expert data for the world model and SAC); evaluate; write the record."""
     import gymnasium as gym
     import torch as th
 
@@ -164,11 +195,11 @@ def run_one(method: str, env_id: str, n_demos: int, seed: int, steps: int, demos
         from agents.offline import OfflineMLIRL
 
         settings = offline_kwargs(seed)
-        model = OfflineMLIRL("MlpPolicy", env, feedback=data, verbose=0, device="cpu", **settings)
+        model = OfflineMLIRL("MlpPolicy", env, feedback=data, offline_data=play, verbose=0, device="cpu", **settings)
         if method == "offline_sac_true":
             _fix_true_reward(model, env_id)
         model.learn(steps, log_interval=None)
-        extra = {"steps": steps, "outer_steps": model._n_outer}
+        extra = {"steps": steps, "outer_steps": model._n_outer, "play_episodes": 0 if play is None else len(play)}
     wall = time.perf_counter() - start
     returns = evaluate(model, env_id)
     rec = {"method": method, "env": env_id, "n_demos": n_demos, "n_transitions": data.n_transitions, "seed": seed,
@@ -221,11 +252,13 @@ def run_offline(args: argparse.Namespace, command: str) -> str:
     runs.mkdir(parents=True, exist_ok=True)
     ref = expert_and_demos(args.env, runs, args.expert_steps, args.max_demos)
     demos = ref["demos"]
+    play = play_data(ref["expert_model"], args.env, runs, args.play_episodes) if args.play_episodes > 0 else None
     records = []
     for seed in range(args.seeds):
         for n in ns:
             for method in methods:
-                path = runs / f"{method}_n{n}_seed{seed}.json"
+                tag = f"_play{args.play_episodes}" if method != "bc" and play is not None else ""
+                path = runs / f"{method}_n{n}_seed{seed}{tag}.json"
                 if path.exists():
                     rec = json.loads(path.read_text())
                     if method != "bc" and rec.get("steps") != args.steps:
@@ -233,7 +266,7 @@ def run_offline(args: argparse.Namespace, command: str) -> str:
                 else:
                     rec = None
                 if rec is None:
-                    rec = run_one(method, args.env, n, seed, args.steps, demos, path)
+                    rec = run_one(method, args.env, n, seed, args.steps, demos, path, play=None if method == "bc" else play)
                     print(f"done {method} n={n} seed={seed}: TRUE return {rec['true_return']:.1f} in {rec['wall_s']:.0f} s", flush=True)
                 records.append(rec)
     r_exp, r_rand = float(np.mean(ref["expert"])), float(np.mean(ref["random"]))
@@ -279,15 +312,17 @@ def run_offline(args: argparse.Namespace, command: str) -> str:
     if diag:
         best = max(norm(r["true_return"]) for r in diag)
         lines += [f"Diagnostic: with the reward fixed to the TRUE reward (no reward learning at all), the same inner level "
-                  f"(SAC in the penalised learned model, dataset = the expert transitions only) reaches a normalised score of at most "
+                  f"(SAC in the penalised learned model, same dataset) reaches a normalised score of at most "
                   f"{best:.2f} over these runs.  When this is far below 1, the bottleneck is the offline inner level "
-                  "(model-based SAC from narrow expert-only data within this step budget), not the ML-IRL reward.", ""]
+                  "(model-based SAC from this data within this step budget), not the ML-IRL reward.", ""]
     settings = offline_kwargs(0)
     settings.pop("seed")
     lines += [
         "TRUE return: mean over 10 deterministic episodes of the final policy on the env's own reward (reset seeds "
-        f"{EVAL_SEED}..{EVAL_SEED + N_EVAL - 1}); normalised score (R - R_random) / (R_expert - R_random).  Both methods "
-        "see only the expert transitions (no extra non-expert data) and never step the env while training.",
+        f"{EVAL_SEED}..{EVAL_SEED + N_EVAL - 1}); normalised score (R - R_random) / (R_expert - R_random).  Neither method "
+        "steps the env while training.  BC and the ML-IRL loss see only the expert transitions; "
+        + (f"the offline agents' world model and SAC also see {args.play_episodes} non-expert episodes (the expert with "
+           f"action noise {PLAY_NOISE} in turn; `--play-episodes`)." if play is not None else "no non-expert data."),
         "",
         f"Offline ML-IRL settings (agents.bench_offline.offline_kwargs): `{json.dumps(settings, default=list)}`.  "
         "BC: MLP (256, 256), Gaussian NLL, Adam 1e-3, early stopping (patience 100 epochs) on a 20% held-out split.",

@@ -429,6 +429,9 @@ def build_parser() -> argparse.ArgumentParser:
     from agents import bench_offline
 
     bench_offline.add_arguments(sub.add_parser("offline", help="offline ML-IRL (world model) vs behaviour cloning on Pendulum-v1"))
+    from agents import bench_world_model
+
+    bench_world_model.add_arguments(sub.add_parser("world-model", help="Pendulum-v1 dynamics: bilevel SoftWorldModel (seed 001) vs NLL"))
     for name in NOT_YET:
         sub.add_parser(name, help="not implemented yet")
     return parser
@@ -459,6 +462,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         from agents.bench_meta_pendulum import run_meta_pendulum
 
         return run_meta_pendulum(args, " ".join(["python -m agents.benchmark", *argv]))
+    if args.suite == "world-model":
+        from agents.bench_world_model import run_world_model
+
+        run_world_model(args, " ".join(["python -m agents.benchmark", *argv]))
+        return 0
     if args.suite == "offline":
         from agents.bench_offline import run_offline
 
