@@ -114,19 +114,10 @@ def _evaluate(policy, variant, seed: int) -> Tuple[float, float]:
 
 def random_return(variant, n_episodes: int = 20, seed: int = 0) -> float:
     """Mean TRUE return of the uniform random policy on ``variant``."""
+    from agents.bench_pendulum import random_return as on_env
     from agents.meta import make_pendulum_variant
 
-    env = make_pendulum_variant(*variant)
-    env.action_space.seed(seed)
-    total = []
-    for ep in range(n_episodes):
-        env.reset(seed=seed + ep)
-        done, ret = False, 0.0
-        while not done:
-            _, r, term, trunc, _ = env.step(env.action_space.sample())
-            ret, done = ret + float(r), term or trunc
-        total.append(ret)
-    return float(np.mean(total))
+    return on_env(make_pendulum_variant(*variant), n_episodes, seed)
 
 
 # ------------------------------------------------------------------ units of work

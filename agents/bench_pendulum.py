@@ -112,10 +112,12 @@ def _run(method: str, seed: int, steps: int, queries: int, path: str, params: Di
     return record
 
 
-def random_return(n_episodes: int = 20, seed: int = 0) -> float:
+def random_return(env=ENV_ID, n_episodes: int = 20, seed: int = 0) -> float:
+    """Mean TRUE return of the uniform random policy on ``env`` (an env or an id), ``n_episodes``
+    episodes reset with seeds ``seed, seed + 1, ...``."""
     import gymnasium as gym
 
-    env = gym.make(ENV_ID)
+    env = gym.make(env) if isinstance(env, str) else env
     env.action_space.seed(seed)
     total = []
     for ep in range(n_episodes):
@@ -123,7 +125,7 @@ def random_return(n_episodes: int = 20, seed: int = 0) -> float:
         done, ret = False, 0.0
         while not done:
             _, r, term, trunc, _ = env.step(env.action_space.sample())
-            ret, done = ret + r, term or trunc
+            ret, done = ret + float(r), term or trunc
         total.append(ret)
     return float(np.mean(total))
 

@@ -27,6 +27,15 @@ def central_differences(mdp, loss, x, eps=1e-5):
     return g
 
 
+def fast_agent_kwargs(**overrides):
+    """Small settings for smoke runs of the bilevel agents (a fresh dict per call: SB3 edits
+    ``policy_kwargs`` in place)."""
+    kwargs = dict(learning_starts=100, outer_freq=100, n_queries=30, segment_length=10, reward_steps=5, batch_size=32,
+                  policy_kwargs=dict(net_arch=[32, 32]), successor_net_arch=(32, 32))
+    kwargs.update(overrides)
+    return kwargs
+
+
 @pytest.fixture
 def small_garnet():
     return garnet(6, 3, 4, gamma=0.8, tau=0.7, seed=1, branching=2)

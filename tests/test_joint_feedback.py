@@ -11,10 +11,7 @@ from agents.sobirl import DRLHF, SoBiRL
 from agents.zoo import make_feedback
 from birl.feedback import Demonstrations, SyntheticTeacher, bradley_terry_nll, segment_returns
 
-
-def fast():
-    return dict(learning_starts=100, outer_freq=100, n_queries=30, segment_length=10, reward_steps=3, batch_size=32,
-                demo_batch_size=32, policy_kwargs=dict(net_arch=[32, 32]), successor_net_arch=(32, 32))
+from conftest import fast_agent_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +23,7 @@ def demos():
 
 @pytest.mark.parametrize("algo", [SoBiRL, DRLHF])
 def test_joint_agent_learns_both_kinds_and_round_trips(tmp_path, demos, algo):
-    model = algo("MlpPolicy", "Pendulum-v1", feedback=[demos, SyntheticTeacher(seed=0)], pref_weight=0.5, seed=0, **fast())
+    model = algo("MlpPolicy", "Pendulum-v1", feedback=[demos, SyntheticTeacher(seed=0)], pref_weight=0.5, seed=0, **fast_agent_kwargs(reward_steps=3, demo_batch_size=32))
     assert model.uses_preferences and model.uses_demonstrations
     model.learn(300)
     assert len(model.preferences) > 0
@@ -40,7 +37,7 @@ def test_joint_agent_learns_both_kinds_and_round_trips(tmp_path, demos, algo):
 
 def test_joint_objective_is_demo_plus_weighted_preference_loss(demos):
     lam = 0.3
-    model = SoBiRL("MlpPolicy", "Pendulum-v1", feedback=[demos, SyntheticTeacher(seed=0)], pref_weight=lam, seed=0, **fast())
+    model = SoBiRL("MlpPolicy", "Pendulum-v1", feedback=[demos, SyntheticTeacher(seed=0)], pref_weight=lam, seed=0, **fast_agent_kwargs(reward_steps=3, demo_batch_size=32))
     model.learn(250)
     state = copy.deepcopy(model._outer_rng.bit_generator.state)
     th.manual_seed(1)  # the demo term samples policy actions (E_pi); the same draws below

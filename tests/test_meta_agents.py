@@ -11,19 +11,7 @@ from birl.feedback import SyntheticTeacher
 from birl.reward_models import MlpReward
 from envs.reward_wrapper import batch_rewards
 
-
-def fast():
-    """Small settings (a fresh dict: SB3 edits policy_kwargs in place)."""
-    return dict(learning_starts=100, outer_freq=100, n_queries=30, segment_length=10, reward_steps=5, batch_size=32,
-                policy_kwargs=dict(net_arch=[32, 32]), successor_net_arch=(32, 32))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
+from conftest import fast_agent_kwargs
 
 
 def two_variants():
@@ -60,7 +48,7 @@ def test_pendulum_variants_change_dynamics_not_reward():
 
 
 def test_agents_share_one_reward_model_and_optimiser():
-    learner = MetaRewardLearner(two_variants(), algo=SoBiRL, seed=0, **fast())
+    learner = MetaRewardLearner(two_variants(), algo=SoBiRL, seed=0, **fast_agent_kwargs())
     a0, a1 = learner.agents
     assert a0.reward_model is a1.reward_model is learner.reward_model
     assert a0.reward_optimizer is a1.reward_optimizer is learner.reward_optimizer
@@ -75,7 +63,7 @@ def test_agents_share_one_reward_model_and_optimiser():
 
 
 def test_outer_step_of_one_agent_changes_what_the_other_relabels_with():
-    learner = MetaRewardLearner(two_variants(), algo=SoBiRL, seed=0, **fast())
+    learner = MetaRewardLearner(two_variants(), algo=SoBiRL, seed=0, **fast_agent_kwargs())
     learner.learn(300)
     a0, a1 = learner.agents
     assert len(a0.preferences) > 0 and len(a1.preferences) > 0
@@ -94,7 +82,7 @@ def test_outer_step_of_one_agent_changes_what_the_other_relabels_with():
 
 @pytest.mark.parametrize("algo", [SoBiRL, DRLHF])
 def test_learn_round_robin_on_two_variants_and_save_load(tmp_path, algo):
-    learner = MetaRewardLearner(two_variants(), algo=algo, seed=0, chunk_steps=100, **fast())
+    learner = MetaRewardLearner(two_variants(), algo=algo, seed=0, chunk_steps=100, **fast_agent_kwargs())
     learner.learn(300)
     assert [a.num_timesteps for a in learner.agents] == [300, 300]
     assert learner.num_timesteps_per_task == 300
@@ -111,32 +99,32 @@ def test_learn_round_robin_on_two_variants_and_save_load(tmp_path, algo):
     with th.no_grad():
         th.testing.assert_close(loaded(obs, act, obs), learner.reward_model(obs, act, obs))
     # a loaded reward seeds a new learner (continued meta-training)
-    again = MetaRewardLearner(two_variants(), algo=algo, reward_model=loaded, seed=1, **fast())
+    again = MetaRewardLearner(two_variants(), algo=algo, reward_model=loaded, seed=1, **fast_agent_kwargs())
     assert all(agent.reward_model is loaded for agent in again.agents)
 
 
 def test_bad_input_names_the_argument():
     with pytest.raises(ValueError, match="tasks must hold at least one"):
-        MetaRewardLearner([], **fast())
+        MetaRewardLearner([], **fast_agent_kwargs())
     with pytest.raises(TypeError, match="tasks must be a list"):
-        MetaRewardLearner(make_pendulum_variant(), **fast())
+        MetaRewardLearner(make_pendulum_variant(), **fast_agent_kwargs())
     with pytest.raises(TypeError, match=r"tasks\[1\] must be"):
-        MetaRewardLearner([make_pendulum_variant(), 42], **fast())
+        MetaRewardLearner([make_pendulum_variant(), 42], **fast_agent_kwargs())
     with pytest.raises(ValueError, match=r"tasks\[1\] has observation_space"):
-        MetaRewardLearner([make_pendulum_variant(), gym.make("MountainCarContinuous-v0")], **fast())
+        MetaRewardLearner([make_pendulum_variant(), gym.make("MountainCarContinuous-v0")], **fast_agent_kwargs())
     with pytest.raises(TypeError, match="algo must be"):
-        MetaRewardLearner(two_variants(), algo=object, **fast())
+        MetaRewardLearner(two_variants(), algo=object, **fast_agent_kwargs())
     with pytest.raises(ValueError, match="feedback must hold one source per task"):
-        MetaRewardLearner(two_variants(), feedback=[SyntheticTeacher(seed=0)], **fast())
+        MetaRewardLearner(two_variants(), feedback=[SyntheticTeacher(seed=0)], **fast_agent_kwargs())
     teacher = SyntheticTeacher(seed=0)
     with pytest.raises(ValueError, match="feedback: every task needs its own"):
-        MetaRewardLearner(two_variants(), feedback=[teacher, teacher], **fast())
+        MetaRewardLearner(two_variants(), feedback=[teacher, teacher], **fast_agent_kwargs())
     with pytest.raises(ValueError, match="storm_mu"):
-        MetaRewardLearner(two_variants(), storm_mu=0.5, **fast())
+        MetaRewardLearner(two_variants(), storm_mu=0.5, **fast_agent_kwargs())
     with pytest.raises(TypeError, match="reward_model must be"):
-        MetaRewardLearner(two_variants(), reward_model=th.nn.Linear(3, 1), **fast())
+        MetaRewardLearner(two_variants(), reward_model=th.nn.Linear(3, 1), **fast_agent_kwargs())
     with pytest.raises(ValueError, match="chunk_steps must be"):
-        MetaRewardLearner(two_variants(), chunk_steps=0, **fast())
-    learner = MetaRewardLearner(two_variants(), reward_model=MlpReward(3, 1, hidden=(16, 16)), **fast())
+        MetaRewardLearner(two_variants(), chunk_steps=0, **fast_agent_kwargs())
+    learner = MetaRewardLearner(two_variants(), reward_model=MlpReward(3, 1, hidden=(16, 16)), **fast_agent_kwargs())
     with pytest.raises(ValueError, match="steps_per_task must be"):
         learner.learn(0)

@@ -14,10 +14,7 @@ from birl.losses import DemonstrationNLL
 from birl.tabular import TabularMDP, garnet
 from envs.tabular_env import TabularEnv
 
-
-def fast():
-    return dict(learning_starts=100, outer_freq=100, n_queries=30, segment_length=10, reward_steps=5, batch_size=32,
-                policy_kwargs=dict(net_arch=[32, 32]))
+from conftest import fast_agent_kwargs
 
 
 def fast_model():
@@ -54,7 +51,7 @@ def test_tabular_agent_with_true_P_matches_exact(tabular, feedback):
     fb = demos if feedback == "demonstrations" else SyntheticTeacher(seed=0)
     env = TabularEnv(mdp, reward_params=x_true, max_episode_steps=50)
     agent = DiscreteMSoBiRL("MlpPolicy", env, feedback=fb, seed=0, gamma=mdp.gamma, transition_model=mdp.P,
-                            msobirl_iters=3000, **fast())
+                            msobirl_iters=3000, **fast_agent_kwargs())
     before = [p.detach().clone() for p in agent.reward_model.parameters()]
     agent.learn(300)
     assert any(not th.equal(a, b) for a, b in zip(before, agent.reward_model.parameters()))
@@ -66,7 +63,7 @@ def test_tabular_agent_with_true_P_matches_exact(tabular, feedback):
 def test_learned_tabular_model_converges_to_exact(tabular):
     mdp, x_true, demos = tabular
     env = TabularEnv(mdp, reward_params=x_true, max_episode_steps=50)
-    agent = DiscreteMSoBiRL("MlpPolicy", env, feedback=demos, seed=0, gamma=mdp.gamma, msobirl_iters=3000, **fast())
+    agent = DiscreteMSoBiRL("MlpPolicy", env, feedback=demos, seed=0, gamma=mdp.gamma, msobirl_iters=3000, **fast_agent_kwargs())
     weights = agent.demonstration_weights()
     exact = exact_table_gradient(mdp, agent, weights)
     rng = np.random.default_rng(0)
@@ -82,7 +79,7 @@ def test_learned_tabular_model_converges_to_exact(tabular):
 def test_learned_counts_come_from_the_replay_buffer(tabular):
     mdp, x_true, demos = tabular
     env = TabularEnv(mdp, reward_params=x_true, max_episode_steps=50)
-    agent = DiscreteMSoBiRL("MlpPolicy", env, feedback=demos, seed=0, gamma=mdp.gamma, **fast())
+    agent = DiscreteMSoBiRL("MlpPolicy", env, feedback=demos, seed=0, gamma=mdp.gamma, **fast_agent_kwargs())
     agent.learn(250)
     counts = agent.update_counts()
     assert counts.n_transitions == agent.replay_buffer.pos
@@ -96,7 +93,7 @@ def test_model_estimator_reduces_to_one_step_advantage_at_horizon_one():
     (MountainCarContinuous: actions already in [-1, 1], so buffer and env units agree.)"""
     env = gym.make("MountainCarContinuous-v0")
     agent = MSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), seed=0, branch_horizon=1, branch_rollouts=400,
-                    branch_steps=None, n_action_samples=400, **fast(), **fast_model())
+                    branch_steps=None, n_action_samples=400, **fast_agent_kwargs(), **fast_model())
     agent.learn(150)
     s1, s2, _ = agent.preferences[np.arange(6)]
     grads = []
@@ -110,7 +107,7 @@ def test_model_estimator_reduces_to_one_step_advantage_at_horizon_one():
 
 
 def test_pendulum_smoke_save_load_logging(tmp_path):
-    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast(), **fast_model())
+    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast_agent_kwargs(), **fast_model())
     agent.set_logger(configure(str(tmp_path), ["csv"]))
     agent.learn(400, log_interval=1)
     assert agent.model_buffer.size() > 0 and len(agent.preferences) > 0

@@ -15,18 +15,7 @@ from birl.reward_models import MlpReward
 from birl.tabular import TabularMDP, garnet
 from envs.tabular_env import TabularEnv
 
-def fast():
-    """Small settings for smoke runs (a fresh dict: SB3 edits policy_kwargs in place)."""
-    return dict(learning_starts=100, outer_freq=100, n_queries=30, segment_length=10, reward_steps=5, batch_size=32,
-                policy_kwargs=dict(net_arch=[32, 32]), successor_net_arch=(32, 32))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(n)
+from conftest import fast_agent_kwargs
 
 
 def tabular_env(seed=0, max_steps=50):
@@ -42,7 +31,7 @@ def obs_batch(env, n=16, seed=0):
 
 @pytest.mark.parametrize("algo", [SoBiRL, DRLHF])
 def test_pendulum_smoke_save_load_predict(tmp_path, algo):
-    model = algo("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast())
+    model = algo("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast_agent_kwargs())
     model.learn(300)
     assert len(model.preferences) > 0
     # queried segments carry env-unit actions (Pendulum: [-2, 2]), as relabelling and the env wrapper use
@@ -65,7 +54,7 @@ def test_pendulum_smoke_save_load_predict(tmp_path, algo):
 
 
 def test_logger_keys_and_true_return(tmp_path):
-    model = SoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast())
+    model = SoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast_agent_kwargs())
     model.set_logger(configure(str(tmp_path), ["csv"]))
     model.learn(400, log_interval=1)
     with open(tmp_path / "progress.csv") as f:
@@ -79,7 +68,7 @@ def test_logger_keys_and_true_return(tmp_path):
 @pytest.mark.parametrize("algo", [DiscreteSoBiRL, DiscreteDRLHF])
 def test_tabular_discrete_smoke_and_relabelling(tmp_path, algo):
     mdp, x_true, env = tabular_env()
-    model = algo("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), seed=0, gamma=0.9, **fast())
+    model = algo("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), seed=0, gamma=0.9, **fast_agent_kwargs())
     model.learn(300)
     buf = model.replay_buffer
     n = buf.pos
@@ -100,7 +89,7 @@ def test_demonstrations_feedback_smoke():
     expert = mdp.soft_solve(x_true).pi
     demos = Demonstrations.collect(lambda s: int(np.argmax(expert[s])), TabularEnv(mdp, reward_params=x_true, max_episode_steps=30), 3, seed=0)
     for algo in (DiscreteSoBiRL, DiscreteDRLHF):
-        model = algo("MlpPolicy", env, feedback=demos, seed=0, gamma=0.9, **fast())
+        model = algo("MlpPolicy", env, feedback=demos, seed=0, gamma=0.9, **fast_agent_kwargs())
         before = [p.detach().clone() for p in model.reward_model.parameters()]
         model.learn(250)
         after = list(model.reward_model.parameters())
@@ -174,7 +163,7 @@ def _truncated_advantage(mdp, model, horizon):
 def test_branch_estimator_restarts_from_snapshots_and_converges():
     mdp, x_true, env = tabular_env()
     model = DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), estimator="branch", gamma=0.9, seed=0,
-                           branch_states=8, **fast())
+                           branch_states=8, **fast_agent_kwargs())
     model.learn(250)  # outer steps run the estimator inside training
     win = model._recent_window()
     segs = sample_segments_from_buffer(win["obs"], win["acts"], win["true_rewards"], win["dones"], horizon=5, n=2,
@@ -207,7 +196,7 @@ def test_storm_reevaluates_the_new_sample_at_the_previous_parameters():
     """With objectives f_k(x) = <c_k, x> (gradient c_k wherever it is evaluated), STORM gives
     h_1 = c_1 and h_2 = c_2 + (1 - mu)(h_1 - c_2) = mu c_2 + (1 - mu) c_1."""
     mdp, x_true, env = tabular_env()
-    model = DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), storm_mu=0.25, seed=0, **fast())
+    model = DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), storm_mu=0.25, seed=0, **fast_agent_kwargs())
     params = list(model.reward_model.parameters())
     rng = np.random.default_rng(0)
     cs = [[th.as_tensor(rng.standard_normal(tuple(p.shape)), dtype=p.dtype) for p in params] for _ in range(2)]
