@@ -13,17 +13,20 @@ whose data come from a hidden ``x_true``:
 It writes ``DIR/tabular.md`` (one table per problem and loss, the bias of the ``myopic``
 estimator as ``gamma`` grows, the time of one exact hypergradient) and ``DIR/tabular_phi.png``.
 ``--tune`` first picks every method's step size on a grid (``DIR/tabular_tuning.md``).
-The ``mujoco``, ``atari`` and ``model-based`` suites are placeholders for now.
+The other suites (:data:`SUITES`) live in ``agents/bench_*.py``; ``python -m agents.benchmark -h``
+lists them.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import platform
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import import_module
 from typing import Dict, List, Optional, Sequence, Tuple, Type
 
 if __name__ == "__main__":
@@ -45,6 +48,20 @@ GAMMAS = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)
 LR_GRID = (0.03, 0.1, 0.3, 1.0, 3.0)
 INNER_STEPS = 10
 NOT_YET: tuple = ()
+
+#: ``suite: (module in agents/, its add-arguments function, its run function, help)``; a run
+#: function takes ``(args)`` or ``(args, command)`` (the command line, for the report).
+SUITES: Dict[str, Tuple[str, str, str, str]] = {
+    "pendulum": ("bench_pendulum", "add_arguments", "run_pendulum", "SoBiRL / DRLHF / SAC on Pendulum-v1 (issue 5 targets)"),
+    "model-based": ("bench_model_based", "add_arguments", "run_model_based", "M-SoBiRL vs SoBiRL vs DRLHF (issue 7 targets)"),
+    "mujoco": ("bench_zoo", "add_mujoco_arguments", "run_mujoco", "SoBiRL / DRLHF / SAC on MuJoCo through rl_zoo3 (needs .[zoo,mujoco])"),
+    "atari": ("bench_zoo", "add_atari_arguments", "run_atari", "SoBiRL / DRLHF / SAC on Atari through rl_zoo3 (needs .[zoo,atari])"),
+    "meta-tabular": ("bench_meta", "add_arguments", "run_meta_tabular", "meta-learned reward across garnet tasks (seed 004) + joint demo/pref loss (seed 002)"),
+    "meta-pendulum": ("bench_meta_pendulum", "add_arguments", "run_meta_pendulum", "meta-learned reward across Pendulum-v1 variants, held-out variants (seed 004)"),
+    "offline": ("bench_offline", "add_arguments", "run_offline", "offline ML-IRL (world model) vs behaviour cloning on Pendulum-v1"),
+    "world-model": ("bench_world_model", "add_arguments", "run_world_model", "Pendulum-v1 dynamics: bilevel SoftWorldModel (seed 001) vs NLL"),
+    "joint": ("bench_joint", "add_arguments", "run_joint", "joint demonstrations + preferences (AIHF, seed 002) vs each alone and BC, Pendulum-v1"),
+}
 
 
 # ------------------------------------------------------------------ problems
@@ -412,26 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     tab.add_argument("--seed", type=int, default=0, help="seed of the garnet, x_true and solvers (default 0)")
     tab.add_argument("--out", default="benchmark", help="output folder (default ./benchmark)")
     tab.add_argument("--tune", action="store_true", help="pick step sizes on a grid first (about 5x longer)")
-    from agents import bench_model_based, bench_pendulum
-
-    bench_pendulum.add_arguments(sub.add_parser("pendulum", help="SoBiRL / DRLHF / SAC on Pendulum-v1 (issue 5 targets)"))
-    bench_model_based.add_arguments(sub.add_parser("model-based", help="M-SoBiRL vs SoBiRL vs DRLHF (issue 7 targets)"))
-    from agents import bench_zoo
-
-    bench_zoo.add_mujoco_arguments(sub.add_parser("mujoco", help="SoBiRL / DRLHF / SAC on MuJoCo through rl_zoo3 (needs .[zoo,mujoco])"))
-    bench_zoo.add_atari_arguments(sub.add_parser("atari", help="SoBiRL / DRLHF / SAC on Atari through rl_zoo3 (needs .[zoo,atari])"))
-    from agents import bench_meta
-
-    bench_meta.add_arguments(sub.add_parser("meta-tabular", help="meta-learned reward across garnet tasks (seed 004) + joint demo/pref loss (seed 002)"))
-    from agents import bench_meta_pendulum
-
-    bench_meta_pendulum.add_arguments(sub.add_parser("meta-pendulum", help="meta-learned reward across Pendulum-v1 variants, held-out variants (seed 004)"))
-    from agents import bench_offline
-
-    bench_offline.add_arguments(sub.add_parser("offline", help="offline ML-IRL (world model) vs behaviour cloning on Pendulum-v1"))
-    from agents import bench_world_model
-
-    bench_world_model.add_arguments(sub.add_parser("world-model", help="Pendulum-v1 dynamics: bilevel SoftWorldModel (seed 001) vs NLL"))
+    for name, (module, add, _, help_text) in SUITES.items():
+        getattr(import_module(f"agents.{module}"), add)(sub.add_parser(name, help=help_text))
     for name in NOT_YET:
         sub.add_parser(name, help="not implemented yet")
     return parser
@@ -444,39 +443,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.suite in NOT_YET:
         print(f"error: the '{args.suite}' benchmark is not implemented yet.", file=sys.stderr)
         return 2
-    if args.suite == "pendulum":
-        from agents.bench_pendulum import run_pendulum
-
-        run_pendulum(args)
-        return 0
-    if args.suite in ("mujoco", "atari"):
-        from agents import bench_zoo
-
-        (bench_zoo.run_mujoco if args.suite == "mujoco" else bench_zoo.run_atari)(args)
-        return 0
-    if args.suite == "meta-tabular":
-        from agents.bench_meta import run_meta_tabular
-
-        return run_meta_tabular(args, " ".join(["python -m agents.benchmark", *argv]))
-    if args.suite == "meta-pendulum":
-        from agents.bench_meta_pendulum import run_meta_pendulum
-
-        return run_meta_pendulum(args, " ".join(["python -m agents.benchmark", *argv]))
-    if args.suite == "world-model":
-        from agents.bench_world_model import run_world_model
-
-        run_world_model(args, " ".join(["python -m agents.benchmark", *argv]))
-        return 0
-    if args.suite == "offline":
-        from agents.bench_offline import run_offline
-
-        run_offline(args, " ".join(["python -m agents.benchmark", *argv]))
-        return 0
-    if args.suite == "model-based":
-        from agents.bench_model_based import run_model_based
-
-        run_model_based(args)
-        return 0
+    if args.suite in SUITES:
+        module, _, run, _ = SUITES[args.suite]
+        runner = getattr(import_module(f"agents.{module}"), run)
+        command = " ".join(["python -m agents.benchmark", *argv])
+        out = runner(args, command) if "command" in inspect.signature(runner).parameters else runner(args)
+        return out if isinstance(out, int) else 0
     if args.outer_steps < 1:
         parser.error(f"--outer-steps must be >= 1, got {args.outer_steps}")
     return tabular(args, " ".join(["python -m agents.benchmark", *argv]))

@@ -1,0 +1,151 @@
+"""Joint demonstrations + preferences (AIHF, seed 002) on Pendulum-v1, at equal label budgets.
+
+    python -m agents.benchmark joint [--steps 10000] [--seeds 2] [--queries 200] [--demos 2]
+
+One budget, spent three ways, plus behaviour cloning:
+
+* ``preferences``: SoBiRL with ``--queries`` synthetic preferences (noiseless teacher, TRUE reward);
+* ``demonstrations``: SoBiRL (ML-IRL loss) with ``--demos`` expert trajectories;
+* ``joint``: SoBiRL on ``L_demo + pref_weight * L_pref`` with half of each (``--demos / 2``
+  trajectories and ``--queries / 2`` preferences);
+* ``bc``: :class:`agents.bc.BehaviourCloning` on the ``--demos`` trajectories.
+
+The exchange rate is an assumption, stated in the report: one expert trajectory (200 steps)
+counts as ``--queries / --demos`` preference labels.  The expert (SB3 SAC on the TRUE reward) and
+its deterministic demonstrations are shared with ``python -m agents.benchmark offline``
+(``<out>/offline_runs/``).  Every run writes ``<out>/joint_runs/<method>_seed<k>_<settings>.json`` and is not
+redone; the report ``<out>/joint.md`` gives TRUE return (10 deterministic episodes), the
+normalised score ``(R - R_random) / (R_expert - R_random)`` and held-out preference accuracy of
+the learned reward (good-to-random rollouts, as in the Pendulum benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Dict
+
+import numpy as np
+
+ENV_ID = "Pendulum-v1"
+METHODS = ("preferences", "demonstrations", "joint", "bc")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=10_000, help="env steps per SoBiRL run")
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--queries", type=int, default=200, help="preference labels of the preferences-only run")
+    parser.add_argument("--demos", type=int, default=2, help="expert trajectories of the demonstrations-only run (even)")
+    parser.add_argument("--pref-weight", type=float, default=1.0, help="lambda of the joint loss")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
+    parser.add_argument("--out", default="benchmark")
+
+
+def _feedback(method: str, demos, queries: int, n_demos: int, seed: int):
+    from birl.feedback import Demonstrations, SyntheticTeacher
+
+    if method == "preferences":
+        return SyntheticTeacher(seed=seed), queries
+    if method == "demonstrations":
+        return Demonstrations(demos.trajectories[:n_demos]), 1
+    return [Demonstrations(demos.trajectories[: n_demos // 2]), SyntheticTeacher(seed=seed)], queries // 2
+
+
+def _run(method: str, seed: int, args: Dict, demos, path: str) -> Dict:
+    """One run in a fresh process; returns (and writes) its record."""
+    import gymnasium as gym
+    import torch as th
+
+    from agents.bench_offline import evaluate
+    from agents.quickstart import MIXED_NOISE, heldout_preference_accuracy
+
+    th.set_num_threads(1)
+    start = time.perf_counter()
+    if method == "bc":
+        from agents.bc import BehaviourCloning
+        from birl.feedback import Demonstrations
+
+        env = gym.make(ENV_ID)
+        model = BehaviourCloning(env.observation_space, env.action_space, seed=seed)
+        model.fit(Demonstrations(demos.trajectories[: args["demos"]]))
+        accuracy, labels = None, 0
+    else:
+        from agents.sobirl import SoBiRL
+
+        feedback, n_queries = _feedback(method, demos, args["queries"], args["demos"], seed)
+        model = SoBiRL("MlpPolicy", gym.make(ENV_ID), feedback=feedback, n_queries=n_queries, pref_weight=args["pref_weight"],
+                       outer_freq=1000, learning_starts=1000, reward_steps=200, seed=seed, verbose=0)
+        model.learn(args["steps"])
+        accuracy = heldout_preference_accuracy(model, ENV_ID, noise=MIXED_NOISE)
+        labels = len(model.preferences)
+    returns = evaluate(model, ENV_ID)
+    record = {"method": method, "seed": seed, "true_return": float(np.mean(returns)), "returns": returns,
+              "mixed_pref_accuracy": accuracy, "labels": labels, "wall_s": time.perf_counter() - start, "settings": args}
+    Path(path).write_text(json.dumps(record))
+    return record
+
+
+def run_joint(args: argparse.Namespace, command: str) -> str:
+    from agents.bench_offline import expert_and_demos
+
+    methods = [m for m in args.methods.split(",") if m]
+    if not set(methods) <= set(METHODS):
+        raise ValueError(f"--methods: unknown {sorted(set(methods) - set(METHODS))}; choose from {METHODS}")
+    if args.demos < 2 or args.demos % 2:
+        raise ValueError(f"--demos must be an even number >= 2 (the joint run gets half), got {args.demos}")
+    if args.queries < 2 or args.queries % 2:
+        raise ValueError(f"--queries must be an even number >= 2 (the joint run gets half), got {args.queries}")
+    out = Path(args.out)
+    runs = out / "joint_runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    ref = expert_and_demos(ENV_ID, out / "offline_runs", expert_steps=15_000, max_demos=max(10, args.demos))
+    settings = {"steps": args.steps, "queries": args.queries, "demos": args.demos, "pref_weight": args.pref_weight}
+    tag = "_".join(f"{k}{v:g}" for k, v in settings.items())  # other settings, other files
+    jobs = [(m, s, settings, ref["demos"], str(runs / f"{m}_seed{s}_{tag}.json"))
+            for s in range(args.seeds) for m in methods
+            if not (runs / f"{m}_seed{s}_{tag}.json").exists()]
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
+            print(f"done {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
+    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
+    records = [r for r in records if r["settings"] == settings and r["method"] in methods and r["seed"] < args.seeds]
+    r_exp, r_rand = float(np.mean(ref["expert"])), float(np.mean(ref["random"]))
+    rate = args.queries / args.demos
+    budget = {"preferences": f"{args.queries} preferences", "demonstrations": f"{args.demos} trajectories",
+              "joint": f"{args.demos // 2} trajectories + {args.queries // 2} preferences", "bc": f"{args.demos} trajectories"}
+    lines = [
+        f"# Joint demonstrations + preferences (AIHF) on {ENV_ID}",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, one torch thread per run, "
+        f"{args.workers} runs in parallel.  SoBiRL (successor estimator), {args.steps} env steps, outer step every 1000 steps "
+        f"with 200 reward steps, pref_weight = {args.pref_weight}.  Label budget: one expert trajectory (200 steps) counts as "
+        f"{rate:g} preference labels (an assumption).  Expert: SB3 SAC on the TRUE reward, R_expert = {r_exp:.1f}; "
+        f"R_random = {r_rand:.1f}.",
+        "",
+        "| method | feedback | TRUE return (mean +- std over seeds) | normalised score | held-out pref. accuracy (good-to-random rollouts) |",
+        "|---|---|---|---|---|",
+    ]
+    for m in methods:
+        rs = [r for r in records if r["method"] == m]
+        if not rs:
+            continue
+        R = np.array([r["true_return"] for r in rs])
+        score = (R - r_rand) / (r_exp - r_rand)
+        acc = [r["mixed_pref_accuracy"] for r in rs if r["mixed_pref_accuracy"] is not None]
+        lines.append(f"| {m} | {budget[m]} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {score.mean():.2f} +- {score.std():.2f} | "
+                     + (f"{np.mean(acc):.3f} +- {np.std(acc):.3f} |" if acc else "- |"))
+    lines += ["", "TRUE return: 10 deterministic episodes of the final policy (the same evaluation seeds as the offline "
+              "benchmark).  BC has no reward model, so no preference accuracy."]
+    report = "\n".join(lines)
+    (out / "joint.md").write_text(report + "\n")
+    print(report)
+    return report
