@@ -16,7 +16,8 @@ its deterministic demonstrations are shared with ``python -m agents.benchmark of
 (``<out>/offline_runs/``).  Every run writes ``<out>/joint_runs/<method>_seed<k>_<settings>.json`` and is not
 redone; the report ``<out>/joint.md`` gives TRUE return (10 deterministic episodes), the
 normalised score ``(R - R_random) / (R_expert - R_random)`` and held-out preference accuracy of
-the learned reward (good-to-random rollouts, as in the Pendulum benchmark).
+the learned reward (good-to-random rollouts, as in the Pendulum benchmark); ``joint.png`` plots the
+normalised scores.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--queries", type=int, default=200, help="preference labels of the preferences-only run")
     parser.add_argument("--demos", type=int, default=2, help="expert trajectories of the demonstrations-only run (even)")
-    parser.add_argument("--pref-weight", type=float, default=1.0, help="lambda of the joint loss")
+    parser.add_argument("--pref-weight", default="1", help="lambda of the joint loss; a comma-separated list runs one joint run per value")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--out", default="benchmark")
@@ -80,7 +81,7 @@ def _run(method: str, seed: int, args: Dict, demos, path: str) -> Dict:
         from agents.sobirl import SoBiRL
 
         feedback, n_queries = _feedback(method, demos, args["queries"], args["demos"], seed)
-        model = SoBiRL("MlpPolicy", gym.make(ENV_ID), feedback=feedback, n_queries=n_queries, pref_weight=args["pref_weight"],
+        model = SoBiRL("MlpPolicy", gym.make(ENV_ID), feedback=feedback, n_queries=n_queries, pref_weight=args.get("pref_weight", 1.0),
                        outer_freq=1000, learning_starts=1000, reward_steps=200, seed=seed, verbose=0)
         model.learn(args["steps"])
         accuracy = heldout_preference_accuracy(model, ENV_ID, noise=MIXED_NOISE)
@@ -90,6 +91,26 @@ def _run(method: str, seed: int, args: Dict, demos, path: str) -> Dict:
               "mixed_pref_accuracy": accuracy, "labels": labels, "wall_s": time.perf_counter() - start, "settings": args}
     Path(path).write_text(json.dumps(record))
     return record
+
+
+def _plot(by_row: Dict[str, list], r_exp: float, r_rand: float, path: Path) -> None:
+    """Normalised TRUE return per method: one dot per seed, a bar for the mean."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, records in enumerate(by_row.values()):
+        scores = [(r["true_return"] - r_rand) / (r_exp - r_rand) for r in records]
+        ax.bar(i, np.mean(scores), color=f"C{i}", alpha=0.5)
+        ax.scatter([i] * len(scores), scores, color=f"C{i}", zorder=3)
+    ax.axhline(1.0, color="k", ls="--", lw=0.8)
+    ax.axhline(0.0, color="gray", ls=":", lw=0.8)
+    ax.set_xticks(range(len(by_row)), [label.replace(" (", "\n(") for label in by_row])
+    ax.set(ylabel="normalised TRUE return", title=f"{ENV_ID}: equal label budgets")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 def run_joint(args: argparse.Namespace, command: str) -> str:
@@ -106,16 +127,24 @@ def run_joint(args: argparse.Namespace, command: str) -> str:
     runs = out / "joint_runs"
     runs.mkdir(parents=True, exist_ok=True)
     ref = expert_and_demos(ENV_ID, out / "offline_runs", expert_steps=15_000, max_demos=max(10, args.demos))
-    settings = {"steps": args.steps, "queries": args.queries, "demos": args.demos, "pref_weight": args.pref_weight}
-    tag = "_".join(f"{k}{v:g}" for k, v in settings.items())  # other settings, other files
-    jobs = [(m, s, settings, ref["demos"], str(runs / f"{m}_seed{s}_{tag}.json"))
-            for s in range(args.seeds) for m in methods
-            if not (runs / f"{m}_seed{s}_{tag}.json").exists()]
+    try:
+        weights = [float(w) for w in str(args.pref_weight).split(",") if w]
+    except ValueError as err:
+        raise ValueError(f"--pref-weight must be numbers separated by commas, got {args.pref_weight!r}") from err
+    if not weights or min(weights) < 0:
+        raise ValueError(f"--pref-weight must be non-negative numbers, got {args.pref_weight!r}")
+    common = {"steps": args.steps, "queries": args.queries, "demos": args.demos}
+    # (row label, method, settings): one joint row per pref_weight; settings name the run's file
+    rows = [(f"joint (pref_weight={w:g})", m, {**common, "pref_weight": w}) for m in methods if m == "joint" for w in weights]
+    rows = [(m, m, common) for m in methods if m != "joint"] + rows
+    rows.sort(key=lambda row: METHODS.index(row[1]))
+    path = lambda m, seed, st: runs / (f"{m}_seed{seed}_" + "_".join(f"{k}{v:g}" for k, v in st.items()) + ".json")  # noqa: E731
+    jobs = [(m, seed, st, ref["demos"], str(path(m, seed, st))) for seed in range(args.seeds) for _, m, st in rows
+            if not path(m, seed, st).exists()]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
-    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    records = [r for r in records if r["settings"] == settings and r["method"] in methods and r["seed"] < args.seeds]
+    by_row = {label: [json.loads(path(m, seed, st).read_text()) for seed in range(args.seeds)] for label, m, st in rows}
     r_exp, r_rand = float(np.mean(ref["expert"])), float(np.mean(ref["random"]))
     rate = args.queries / args.demos
     budget = {"preferences": f"{args.queries} preferences", "demonstrations": f"{args.demos} trajectories",
@@ -127,25 +156,25 @@ def run_joint(args: argparse.Namespace, command: str) -> str:
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, one torch thread per run, "
         f"{args.workers} runs in parallel.  SoBiRL (successor estimator), {args.steps} env steps, outer step every 1000 steps "
-        f"with 200 reward steps, pref_weight = {args.pref_weight}.  Label budget: one expert trajectory (200 steps) counts as "
+        f"with 200 reward steps.  Label budget: one expert trajectory (200 steps) counts as "
         f"{rate:g} preference labels (an assumption).  Expert: SB3 SAC on the TRUE reward, R_expert = {r_exp:.1f}; "
         f"R_random = {r_rand:.1f}.",
         "",
         "| method | feedback | TRUE return (mean +- std over seeds) | normalised score | held-out pref. accuracy (good-to-random rollouts) |",
         "|---|---|---|---|---|",
     ]
-    for m in methods:
-        rs = [r for r in records if r["method"] == m]
-        if not rs:
-            continue
+    for label, m, _ in rows:
+        rs = by_row[label]
         R = np.array([r["true_return"] for r in rs])
         score = (R - r_rand) / (r_exp - r_rand)
         acc = [r["mixed_pref_accuracy"] for r in rs if r["mixed_pref_accuracy"] is not None]
-        lines.append(f"| {m} | {budget[m]} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {score.mean():.2f} +- {score.std():.2f} | "
+        lines.append(f"| {label} | {budget[m]} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {score.mean():.2f} +- {score.std():.2f} | "
                      + (f"{np.mean(acc):.3f} +- {np.std(acc):.3f} |" if acc else "- |"))
     lines += ["", "TRUE return: 10 deterministic episodes of the final policy (the same evaluation seeds as the offline "
               "benchmark).  BC has no reward model, so no preference accuracy."]
+    lines += ["", "![normalised TRUE return](joint.png)"]
     report = "\n".join(lines)
     (out / "joint.md").write_text(report + "\n")
+    _plot(by_row, r_exp, r_rand, out / "joint.png")
     print(report)
     return report
