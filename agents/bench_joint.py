@@ -100,14 +100,14 @@ def _plot(by_row: Dict[str, list], r_exp: float, r_rand: float, path: Path) -> N
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.8))
     for i, records in enumerate(by_row.values()):
         scores = [(r["true_return"] - r_rand) / (r_exp - r_rand) for r in records]
         ax.bar(i, np.mean(scores), color=f"C{i}", alpha=0.5)
         ax.scatter([i] * len(scores), scores, color=f"C{i}", zorder=3)
     ax.axhline(1.0, color="k", ls="--", lw=0.8)
     ax.axhline(0.0, color="gray", ls=":", lw=0.8)
-    ax.set_xticks(range(len(by_row)), [label.replace(" (", "\n(") for label in by_row])
+    ax.set_xticks(range(len(by_row)), [label.replace(" (", "\n(") for label in by_row], fontsize=8)
     ax.set(ylabel="normalised TRUE return", title=f"{ENV_ID}: equal label budgets")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
