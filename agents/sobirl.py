@@ -869,6 +869,9 @@ class SoBiRL(BilevelMixin, SAC):
             warning and ``outer/skipped_nonfinite`` logged, before training stops with
             ``FloatingPointError`` (positive integer, default 5).
         pref_weight: ``lambda`` of the joint loss (with both feedback kinds; ignored otherwise).
+            The ML-IRL term's gradient carries a factor ``1/tau``, so with a small entropy
+            coefficient it dominates at ``lambda = 1``; on Pendulum-v1 ``lambda = 10`` balanced
+            the two (``benchmark/joint.md``).
         **kwargs: every other argument of :class:`stable_baselines3.SAC`.
 
     An unseeded :class:`birl.feedback.SyntheticTeacher` is seeded with the agent's ``seed``, so
