@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 import torch as th
 
-pytest.importorskip("ale_py")
-pytest.importorskip("cv2")  # the standard Atari wrappers resize frames with OpenCV
+from conftest import requires
+
+requires("ale_py")
+requires("cv2")  # the standard Atari wrappers resize frames with OpenCV
 
 from stable_baselines3.common.env_util import make_atari_env  # noqa: E402
 from stable_baselines3.common.vec_env import VecFrameStack  # noqa: E402

@@ -10,6 +10,8 @@ from birl.tabular import garnet
 from envs import EnvSnapshot, ParameterisedReward, TabularEnv, can_clone, get_cloner
 from envs.cloning import AleCloner, MujocoCloner, StatefulEnvCloner
 
+from conftest import requires
+
 
 def rollout(env, actions):
     """Step through ``actions``; returns [(obs, reward, terminated, truncated)] (obs copied)."""
@@ -108,7 +110,7 @@ def test_tabular_snapshot_moves_between_identical_envs():
 # ------------------------------------------------------------------ MuJoCo
 @pytest.mark.parametrize("env_id", ["InvertedPendulum-v5", "Hopper-v5"])
 def test_mujoco_round_trip(env_id):
-    pytest.importorskip("mujoco")
+    requires("mujoco")
     env = gym.make(env_id)
     cloner, snap, first = round_trip(env, k=30, warmup=5)
     assert isinstance(cloner, MujocoCloner)
@@ -125,14 +127,14 @@ def test_mujoco_round_trip(env_id):
 
 
 def test_mujoco_with_reward_wrapper():
-    pytest.importorskip("mujoco")
+    requires("mujoco")
     env = ParameterisedReward(gym.make("InvertedPendulum-v5"), SumReward())
     round_trip(env, k=15, warmup=3)
 
 
 # --------------------------------------------------------------------- ALE
 def test_ale_round_trip_with_sticky_actions():
-    ale_py = pytest.importorskip("ale_py")
+    ale_py = requires("ale_py")
     gym.register_envs(ale_py)
     # default v5 settings: sticky actions (p=0.25) draw from the emulator RNG
     env = gym.make("ALE/Pong-v5")
@@ -143,7 +145,7 @@ def test_ale_round_trip_with_sticky_actions():
 
 
 def test_ale_stochastic_frameskip_uses_np_random():
-    ale_py = pytest.importorskip("ale_py")
+    ale_py = requires("ale_py")
     gym.register_envs(ale_py)
     env = gym.make("ALE/Breakout-v5", frameskip=(2, 5), obs_type="ram")
     round_trip(env, k=40, warmup=20)
@@ -178,7 +180,7 @@ def test_restore_rejects_foreign_snapshots():
 
 
 def test_restore_rejects_a_snapshot_of_another_kind():
-    pytest.importorskip("mujoco")
+    requires("mujoco")
     tab = gym.make("birl/Garnet-v0")
     tab.reset(seed=0)
     snap = get_cloner(tab).clone(tab)

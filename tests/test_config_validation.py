@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytest.importorskip("rl_zoo3")
+from conftest import requires
+
+requires("rl_zoo3")
 
 from agents import config, train, zoo  # noqa: E402
 from agents.config import ConfigError, load_config, validate_config_file, validate_hyperparams  # noqa: E402

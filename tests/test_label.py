@@ -16,6 +16,9 @@ from agents.label import create_app, frames_to_gif, main
 from birl.feedback import HumanTeacher, LabelStore, PreferenceDataset, SegmentBatch
 from birl.feedback.human import observation_frames
 
+from conftest import skip_unless_ci
+
+
 H = 4
 
 
@@ -218,7 +221,8 @@ def test_observation_bars_fallback():
 
 def test_drlhf_trains_on_human_labels_given_late(tmp_path):
     """The agent accepts a HumanTeacher; labels given after label() returned reach the agent."""
-    th = pytest.importorskip("torch")
+    import torch as th
+
     from agents.sobirl import DRLHF
 
     th.set_num_threads(1)
@@ -251,9 +255,7 @@ def browser(tmp_path):
     except ImportError:
         missing.append("selenium")
     if missing:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser test needs {missing} (CI=true)")
-        pytest.skip(f"browser test needs {missing}")
+        skip_unless_ci(f"browser test needs {missing}")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",

@@ -7,6 +7,8 @@ import pytest
 from envs.render import ImageRenderer, fit_frame, make_renderer
 from envs.tabular_env import make_gridworld_env
 
+from conftest import requires, skip_unless_ci
+
 
 def rollout_obs(env, n, seed=0):
     obs, _ = env.reset(seed=seed)
@@ -57,7 +59,7 @@ def test_image_env_and_rgb_observations():
 
 
 def test_pendulum_frames_follow_the_angle():
-    pytest.importorskip("pygame")
+    requires("pygame")
     angles = np.array([0.0, np.pi / 2, np.pi])
     obs = np.stack([np.cos(angles), np.sin(angles), np.zeros(3)], axis=1).astype(np.float32)
     frames = make_renderer("Pendulum-v1", size=64)(obs)
@@ -78,13 +80,13 @@ def test_tabular_frames_mark_the_state():
 
 
 def test_mujoco_frames_from_observations():
-    pytest.importorskip("mujoco")
+    requires("mujoco")
     obs = rollout_obs(gym.make("Hopper-v5"), 3)
     try:
         frames = make_renderer("Hopper-v5", size=48)(obs)
     except Exception as err:  # no OpenGL backend on this machine
         if "OpenGL" in str(err) or "EGL" in str(err) or "gl" in type(err).__module__.lower():
-            pytest.skip(f"MuJoCo cannot render here: {err}")
+            skip_unless_ci(f"MuJoCo cannot render here: {err}")
         raise
     check_frames(frames, 3, 48)
     assert frames.std() > 0

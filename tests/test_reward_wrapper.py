@@ -29,6 +29,8 @@ from envs import (
     make_reward_vec_env,
 )
 
+from conftest import requires
+
 
 # ----------------------------------------------------------- test helpers
 def _features(x: torch.Tensor, space: spaces.Space) -> torch.Tensor:
@@ -338,7 +340,7 @@ def test_vec_wrapper_trains_with_sb3_algorithm():
 
 
 def test_make_reward_env_registers_ale_ids_lazily():
-    pytest.importorskip("ale_py")
+    requires("ale_py")
     probe_space = spaces.Box(0, 255, (210, 160, 3), np.uint8)
     env = make_reward_env("ALE/Pong-v5", TinyReward(probe_space, spaces.Discrete(6)))
     obs, _ = env.reset(seed=0)

@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 import yaml
 
-pytest.importorskip("rl_zoo3")
+from conftest import requires
+
+requires("rl_zoo3")
 
 from gymnasium import spaces  # noqa: E402
 
