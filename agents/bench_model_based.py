@@ -27,6 +27,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from agents.bench_pendulum import params_tag, parse_params
+
 METHODS = ("sac_true", "msobirl", "sobirl", "drlhf")
 TARGET = 0.9
 
@@ -39,9 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--envs", default="Pendulum-v1", help="comma-separated env ids")
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--out", default="benchmark")
+    parser.add_argument(
+        "--msobirl-params", nargs="*", default=[], metavar="KEY=VALUE",
+        help="overrides for M-SoBiRL only, e.g. estimator='successor' gradient_steps=10; values are Python literals",
+    )
 
 
-def _make_agent(method: str, env_id: str, seed: int, queries: int):
+def _make_agent(method: str, env_id: str, seed: int, queries: int, params: Optional[Dict] = None):
     import gymnasium as gym
     from stable_baselines3 import SAC
 
@@ -55,11 +61,11 @@ def _make_agent(method: str, env_id: str, seed: int, queries: int):
     bilevel = dict(feedback=SyntheticTeacher(seed=seed), n_queries=queries, outer_freq=1000, **common)
     if method == "msobirl":
         return MSoBiRL("MlpPolicy", gym.make(env_id), dynamics_kwargs=dict(hidden=(128, 128)),
-                       model_fit_kwargs=dict(max_epochs=20), rollout_schedule=(1000, 5000, 1, 5), **bilevel)
+                       model_fit_kwargs=dict(max_epochs=20), rollout_schedule=(1000, 5000, 1, 5), **{**bilevel, **(params or {})})
     return (DRLHF if method == "drlhf" else SoBiRL)("MlpPolicy", gym.make(env_id), **bilevel)
 
 
-def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: str) -> Dict:
+def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: str, params: Dict) -> Dict:
     """One training run in a fresh process; returns (and writes) its record."""
     import gymnasium as gym
     import torch as th
@@ -68,7 +74,7 @@ def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: st
     from stable_baselines3.common.monitor import Monitor
 
     th.set_num_threads(1)
-    model = _make_agent(method, env_id, seed, queries)
+    model = _make_agent(method, env_id, seed, queries, params)
     curve: List = []
 
     def record(local_vars, _globals) -> bool:  # Monitor sits inside the reward wrapper: TRUE returns
@@ -82,7 +88,7 @@ def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: st
     mean_r, std_r = evaluate_policy(model, Monitor(gym.make(env_id)), n_eval_episodes=10, deterministic=True)
     record = {"method": method, "env": env_id, "seed": seed, "steps": steps, "true_return": float(mean_r),
               "true_return_std": float(std_r), "wall_s": wall, "curve": curve,
-              "labels": len(model.preferences) if hasattr(model, "preferences") else 0}
+              "labels": len(model.preferences) if hasattr(model, "preferences") else 0, "params": params}
     Path(path).write_text(json.dumps(record))
     return record
 
@@ -170,18 +176,23 @@ def run_model_based(args: argparse.Namespace) -> str:
     out = Path(args.out)
     runs = out / "model_based_runs"
     runs.mkdir(parents=True, exist_ok=True)
-    jobs = [(m, e, s, args.steps, args.queries, str(runs / f"{e}_{m}_seed{s}.json"))
-            for e in envs for s in range(args.seeds) for m in methods if not (runs / f"{e}_{m}_seed{s}.json").exists()]
+    params = parse_params(args.msobirl_params)
+    own = lambda m: params if m == "msobirl" else {}  # noqa: E731
+    path = lambda e, m, s: runs / f"{e}_{m}_seed{s}{params_tag(own(m))}.json"  # noqa: E731
+    jobs = [(m, e, s, args.steps, args.queries, str(path(e, m, s)), own(m))
+            for e in envs for s in range(args.seeds) for m in methods if not path(e, m, s).exists()]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['env']} {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    records = [r for r in records if r["method"] in methods and r["env"] in envs and r["steps"] == args.steps]
+    records = [r for r in records if r["method"] in methods and r["env"] in envs and r["steps"] == args.steps
+               and r.get("params", {}) == own(r["method"])]
     lines = [
         "# Model-based: M-SoBiRL vs SoBiRL vs DRLHF (TRUE reward)",
         "",
         f"Command: `python -m agents.benchmark model-based --steps {args.steps} --queries {args.queries} --seeds {args.seeds} "
-        f"--workers {args.workers} --envs {args.envs}`",
+        f"--workers {args.workers} --envs {args.envs}"
+        f"{' --msobirl-params ' + ' '.join(args.msobirl_params) if args.msobirl_params else ''}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, one torch thread per run, "
         f"{args.workers} runs in parallel (wall times of parallel runs share the machine).",
         "",

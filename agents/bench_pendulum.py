@@ -59,6 +59,11 @@ def parse_params(items: List[str]) -> Dict:
     return out
 
 
+def params_tag(params: Dict) -> str:
+    """File-name suffix naming a run's overrides (``""`` without any), so cached runs never mix settings."""
+    return "".join(f"_{k}-{v}" for k, v in sorted(params.items()))
+
+
 def _run(method: str, seed: int, steps: int, queries: int, path: str, params: Dict) -> Dict:
     """One training run in a fresh process; returns (and writes) its record."""
     import gymnasium as gym
@@ -193,7 +198,7 @@ def run_pendulum(args: argparse.Namespace) -> str:
     jobs = []
     for seed in range(args.seeds):
         for m in methods:
-            tag = "" if m == "sac_true" or not params else "_" + "_".join(f"{k}-{v}" for k, v in sorted(params.items()))
+            tag = "" if m == "sac_true" else params_tag(params)
             path = runs / f"{m}_seed{seed}{tag}.json"
             if not path.exists():
                 jobs.append((m, seed, args.steps, args.queries, str(path), {} if m == "sac_true" else params))

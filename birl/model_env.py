@@ -14,7 +14,9 @@ policy, with rewards from a *pluggable* reward function (our learned ``r_x``, ne
 in one batched, differentiable call: with the rollout states held fixed its gradient in ``x`` is
 the Monte Carlo estimate of ``grad V*`` / ``grad Q*`` (seed 003, "Absorb P into an expectation":
 ``grad V*_s(x) = E[sum_t gamma^t grad r_{s_t a_t}(x) | s_0 = s, pi*]``, envelope theorem).
-numpy + torch only.
+:func:`branched_advantage` turns a ``Q`` and a ``V`` rollout from the same state into the
+estimate of ``grad (Q* - V*)(s, a)``, truncated at the rollout length or bootstrapped with a
+value function there.  numpy + torch only.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ __all__ = [
     "ModelEnv",
     "Rollout",
     "discounted_reward_sum",
+    "branched_advantage",
 ]
 
 #: ``reward_fn(obs [B, ...], act [B, ...], next_obs [B, ...]) -> [B]``
@@ -221,3 +224,35 @@ def discounted_reward_sum(rollout: Rollout, reward_fn: RewardFn, gamma: float) -
     r = reward_fn(flat(rollout.obs), flat(rollout.act), flat(rollout.next_obs)).reshape(T, B)
     disc = gamma ** torch.arange(T, dtype=r.dtype, device=r.device)
     return (disc[:, None] * rollout.alive.to(r.dtype) * r).sum(0)
+
+
+def branched_advantage(
+    q: Rollout,
+    v: Rollout,
+    reward_fn: RewardFn,
+    gamma: float,
+    value_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> torch.Tensor:
+    """``(Q - V)(s, a)`` per row ``[B]`` from a ``Q`` rollout (first action ``a``) and a ``V``
+    rollout (first action ``~ pi``) of the same length ``T`` from the same states ``s``:
+
+        sum_{t<T} gamma^t r_x(Q_t) - sum_{t<T} gamma^t r_x(V_t)
+            [+ gamma^T (live^Q_T value_fn(s^Q_T) - live^V_T value_fn(s^V_T))]
+
+    Its gradient in the reward parameters, rollout states held fixed, estimates
+    ``grad_x (Q* - V*)(s, a) = grad_x Q*(s, a) - E_{a' ~ pi*} grad_x Q*(s, a')`` (seed 003,
+    "Construction of estimators": both terms are expectations of ``sum_t gamma^t grad r`` over
+    trajectories of ``pi*``).  Without ``value_fn`` the estimate drops the ``gamma^T`` tail, a
+    bias that shrinks only as fast as the two rollouts' state distributions merge (see
+    ``tests/test_model_estimator.py``); ``value_fn(s) [B]`` differentiable with gradient
+    ``~ grad_x V*(s)`` restores it (an ``n``-step target, as in TD(n)).  ``live_T`` is 0 for
+    a rollout that terminated.
+    """
+    d = discounted_reward_sum(q, reward_fn, gamma) - discounted_reward_sum(v, reward_fn, gamma)
+    if value_fn is None:
+        return d
+    if q.horizon != v.horizon:
+        raise ValueError(f"the Q and V rollouts must have the same length to bootstrap, got {q.horizon} and {v.horizon}")
+    live = lambda ro: ro.alive[-1] * (~ro.terminated[-1]).to(ro.alive.dtype)  # noqa: E731
+    tail = live(q) * value_fn(q.next_obs[-1]).reshape(-1) - live(v) * value_fn(v.next_obs[-1]).reshape(-1)
+    return d + gamma ** q.horizon * tail
