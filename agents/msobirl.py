@@ -204,6 +204,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         self.branch_steps = None if branch_steps is None else int(branch_steps)
         self.branch_bootstrap = bool(branch_bootstrap)
         self._last_model_fit, self._last_model_rollout = -1, -1
+        self._seen_termination = True  # until the first fit says otherwise
 
     # ------------------------------------------------------------------ setup
     @property
@@ -240,8 +241,13 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         return self.actor.action_log_prob(obs)[0]
 
     def model_env(self, reward: bool = True) -> ModelEnv:
-        """A :class:`birl.model_env.ModelEnv` on the learned ensemble with the learned reward."""
-        env = ModelEnv(EnsembleDynamics(self.dynamics), self._reward_fn if reward else None)
+        """A :class:`birl.model_env.ModelEnv` on the learned ensemble with the learned reward.
+
+        Until the replay buffer holds a termination the ensemble's termination head is ignored:
+        fitted on all-negative labels it has no evidence, yet after a short fit it ended most
+        Pendulum model rollouts early (``tests/test_model_estimator.py``)."""
+        dynamics = EnsembleDynamics(self.dynamics, terminations=self._seen_termination)
+        env = ModelEnv(dynamics, self._reward_fn if reward else None)
         env.generator = self._model_rng  # one seeded stream across rollouts
         return env
 
@@ -258,6 +264,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         kw = dict(max_epochs=50, seed=int(self._outer_rng.integers(2**31))) | self.model_fit_kwargs
         result = self.dynamics.fit(obs, act.reshape(len(act), -1), nxt, term, **kw)
         self._last_model_fit = self.num_timesteps
+        self._seen_termination = bool(np.any(term))
         self.logger.record("model/train_loss", result.train_loss[-1])
         self.logger.record("model/val_mse_elites", float(np.mean(np.array(result.final_mse)[result.elites])))
         self.logger.record("model/epochs", result.epochs)
@@ -272,6 +279,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         obs, act, nxt, rew, term = (x.cpu().numpy() for x in ro.flat())
         self.model_buffer.add_batch(obs, nxt, act, rew, term.astype(np.float32))
         self._last_model_rollout = self.num_timesteps
+        self.logger.record("model/terminated_fraction", float(term.mean()) if term.size else 0.0)
         self.logger.record("model/rollout_length", k)
         self.logger.record("model/buffer_size", self.model_buffer.size())
         return int(obs.shape[0])

@@ -56,16 +56,21 @@ class Dynamics(Protocol):
 
 
 class EnsembleDynamics:
-    """A learned :class:`GaussianEnsemble` (random elite per row, Gaussian draw)."""
+    """A learned :class:`GaussianEnsemble` (random elite per row, Gaussian draw).
 
-    def __init__(self, model: GaussianEnsemble, deterministic: bool = False) -> None:
+    ``terminations=False`` ignores the ensemble's termination head (for data that never held a
+    termination: there the head has no evidence, and off the data it can still fire).
+    """
+
+    def __init__(self, model: GaussianEnsemble, deterministic: bool = False, terminations: bool = True) -> None:
         if not isinstance(model, GaussianEnsemble):
             raise TypeError(f"model must be a birl.dynamics.GaussianEnsemble, got {type(model).__name__}")
-        self.model, self.deterministic = model, bool(deterministic)
+        self.model, self.deterministic, self.terminations = model, bool(deterministic), bool(terminations)
 
     def step(self, obs, act, generator=None):
         act = act.reshape(act.shape[0], -1).to(obs.dtype)
-        return self.model.sample(obs, act, generator, deterministic=self.deterministic)
+        nxt, term = self.model.sample(obs, act, generator, deterministic=self.deterministic)
+        return nxt, term if self.terminations else torch.zeros_like(term)
 
 
 class TabularDynamics:
