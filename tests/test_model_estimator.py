@@ -121,7 +121,7 @@ def test_bootstrapped_tail_skips_terminated_rollouts():
 
 def test_agent_bootstraps_the_model_estimator_with_its_successor_critic():
     kw = fast_agent_kwargs(rollout_batch_size=64, model_fit_kwargs=dict(max_epochs=2), dynamics_kwargs=dict(hidden=(16, 16)))
-    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **kw)
+    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, branch_bootstrap=True, **kw)
     assert agent.estimator == "model" and agent.needs_successor and agent.branch_bootstrap
     agent.learn(250)
     assert agent._successor_updates > 0
@@ -142,7 +142,7 @@ def test_agent_bootstraps_the_model_estimator_with_its_successor_critic():
     for name in grads[True]:
         same = torch.equal(grads[True][name], grads[False][name])
         assert same != name.startswith("head.weight"), name
-    plain = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, branch_bootstrap=False, **fast_agent_kwargs())
+    plain = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast_agent_kwargs())
     assert not plain.needs_successor and not hasattr(plain, "successor")
     with pytest.raises(ValueError, match="branch_bootstrap"):
         MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(), estimator="myopic", branch_bootstrap=True)
