@@ -1,10 +1,12 @@
 """Model-based benchmark: M-SoBiRL vs SoBiRL vs DRLHF (and SAC on the true reward) on Pendulum-v1.
 
     python -m agents.benchmark model-based [--steps 6000] [--queries 200] [--seeds 1] [--workers 2]
+        [--msobirl-params gradient_steps=10 "estimator='none'"]
 
-(wired by the lead; until then ``python -m agents.bench_model_based``).  Equal env steps and
+Equal env steps and
 label budgets for every preference method.  Each run is one process-pool task writing
-``<out>/model_based_runs/<env>_<method>_seed<k>.json`` (finished runs are reused).  The report
+``<out>/model_based_runs/<env>_<method>_seed<k>[_<overrides>].json`` (finished runs are reused;
+``--msobirl-params`` overrides M-SoBiRL's settings and names its runs apart).  The report
 ``<out>/model_based.md`` gives TRUE return of the final policy, env steps until the TRUE
 training-episode return first reaches a normalised score
 ``(R - R_random) / (R_SAC_true - R_random) >= 0.9`` (``R_SAC_true``: final return of SAC on the

@@ -25,3 +25,15 @@ def test_unknown_suite_and_bad_joint_arguments_are_rejected(tmp_path):
         main(["joint", "--demos", "3", "--out", str(tmp_path)])
     with pytest.raises(ValueError, match="--methods"):
         main(["joint", "--methods", "bc,dagger", "--out", str(tmp_path)])
+
+
+def test_overrides_name_their_runs_so_cached_runs_never_mix_settings():
+    from agents.bench_pendulum import params_tag, parse_params
+
+    params = parse_params(["gradient_steps=10", "estimator='none'"])
+    assert params == {"gradient_steps": 10, "estimator": "none"}
+    assert params_tag(params) == "_estimator-none_gradient_steps-10" and params_tag({}) == ""
+    args = build_parser().parse_args(["model-based", "--msobirl-params", "gradient_steps=10"])
+    assert parse_params(args.msobirl_params) == {"gradient_steps": 10}
+    with pytest.raises(ValueError, match="--params: estimator"):
+        parse_params(["estimator=none"])  # a bare name is not a Python literal
