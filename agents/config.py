@@ -312,7 +312,6 @@ _GROUP_TYPES: Dict[str, Spec] = {
     "dynamics_kwargs": ("mapping", "None"),
     "model_fit_kwargs": ("mapping", "None"),
     "branch_steps": ("integer", "None"),
-    "branch_bootstrap": ("bool", "None"),
     "msobirl_xi": ("float", "None"),
     "transition_model": None,
 }

@@ -132,7 +132,7 @@ _MODEL_DEFAULTS = dict(
     model_retain=4,
     real_ratio=0.5,
     branch_steps=5,
-    branch_bootstrap=None,
+    branch_bootstrap=False,  # see the class docstring
 )
 
 
@@ -180,9 +180,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         model_estimator = kwargs.get("estimator") in (None, "model")
         if model_estimator:
             kwargs.setdefault("hypergrad_coef", 0.1)  # see the class docstring
-        if model_kw["branch_bootstrap"] is None:
-            model_kw["branch_bootstrap"] = False  # see branch_bootstrap in the class docstring
-        elif model_kw["branch_bootstrap"] and not model_estimator:
+        if model_kw["branch_bootstrap"] and not model_estimator:
             raise ValueError(f"branch_bootstrap=True needs estimator='model', got estimator={kwargs.get('estimator')!r}")
         if kwargs.get("_init_setup_model", True):
             self._init_model_based(**model_kw)
