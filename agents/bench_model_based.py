@@ -1,12 +1,13 @@
 """Model-based benchmark: M-SoBiRL vs SoBiRL vs DRLHF (and SAC on the true reward) on Pendulum-v1.
 
     python -m agents.benchmark model-based [--steps 6000] [--queries 200] [--seeds 1] [--workers 2]
-        [--msobirl-params gradient_steps=10 "estimator='none'"]
+        [--msobirl-params gradient_steps=10 "estimator='none'" [--msobirl-params ...]]
 
 Equal env steps and
 label budgets for every preference method.  Each run is one process-pool task writing
 ``<out>/model_based_runs/<env>_<method>_seed<k>[_<overrides>].json`` (finished runs are reused;
-``--msobirl-params`` overrides M-SoBiRL's settings and names its runs apart).  The report
+``--msobirl-params`` overrides M-SoBiRL's settings and names its runs apart; repeat the flag to
+benchmark several M-SoBiRL variants side by side, one table row each).  The report
 ``<out>/model_based.md`` gives TRUE return of the final policy, env steps until the TRUE
 training-episode return first reaches a normalised score
 ``(R - R_random) / (R_SAC_true - R_random) >= 0.9`` (``R_SAC_true``: final return of SAC on the
@@ -44,9 +45,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {METHODS}")
     parser.add_argument("--out", default="benchmark")
     parser.add_argument(
-        "--msobirl-params", nargs="*", default=[], metavar="KEY=VALUE",
-        help="overrides for M-SoBiRL only, e.g. estimator='successor' gradient_steps=10; values are Python literals",
+        "--msobirl-params", nargs="*", action="append", default=None, metavar="KEY=VALUE",
+        help="overrides for M-SoBiRL only, e.g. estimator='successor' gradient_steps=10; values are Python "
+        "literals; repeat the flag for several variants (default: one variant, the agent's defaults)",
     )
+
+
+def msobirl_variants(groups: Optional[List[List[str]]]) -> List[Dict]:
+    """The ``--msobirl-params`` groups as override dicts, one per M-SoBiRL variant (``[{}]`` if none)."""
+    variants = [parse_params(group) for group in groups or [[]]]
+    tags = [params_tag(v) for v in variants]
+    if len(set(tags)) != len(tags):
+        raise ValueError(f"--msobirl-params: the same variant is given twice: {tags}")
+    return variants
+
+
+def label(record: Dict) -> str:
+    """Table/legend name of a run: the method, with M-SoBiRL's overrides if any."""
+    params = record.get("params") or {}
+    return record["method"] + (f" ({', '.join(f'{k}={v}' for k, v in sorted(params.items()))})" if params else "")
 
 
 def _make_agent(method: str, env_id: str, seed: int, queries: int, params: Optional[Dict] = None):
@@ -130,21 +147,32 @@ def steps_to_target(curve: List, r_random: float, r_sac: float, target: float = 
     return None
 
 
+def steps_ratio(reach: Optional[int], reference: Optional[int]) -> str:
+    """``reach / reference`` (env steps to the target against SoBiRL's on the same seed) as text."""
+    if reach is None or reference is None:
+        return "n/a"
+    return f"{reach / reference:.2f}"
+
+
 def _table(records: List[Dict], env_id: str, r_random: float) -> List[str]:
-    by = {m: [r for r in records if r["method"] == m and r["env"] == env_id] for m in METHODS}
-    r_sac = float(np.mean([r["true_return"] for r in by["sac_true"]])) if by["sac_true"] else float("nan")
+    records = sorted((r for r in records if r["env"] == env_id), key=lambda r: (METHODS.index(r["method"]), label(r), r["seed"]))
+    by: Dict[str, List[Dict]] = {}
+    for r in records:
+        by.setdefault(label(r), []).append(r)
+    r_sac = float(np.mean([r["true_return"] for r in by.get("sac_true", [])])) if by.get("sac_true") else float("nan")
+    reach = {(label(r), r["seed"]): steps_to_target(r["curve"], r_random, r_sac) for r in records}
     lines = [f"### {env_id}", "", f"R_random = {r_random:.1f}, R_SAC_true = {r_sac:.1f} (final return of SAC on the true reward).", "",
-             "| method | TRUE return (mean +- std over seeds) | normalised score | env steps to score 0.9 | labels | wall time / env step |",
-             "|---|---|---|---|---|---|"]
-    for m, rs in by.items():
-        if not rs:
-            continue
+             "| method | TRUE return (mean +- std over seeds) | normalised score | env steps to score 0.9 (per seed) "
+             "| ... as a fraction of SoBiRL's (target <= 0.5) | labels | wall time / env step |",
+             "|---|---|---|---|---|---|---|"]
+    for name, rs in by.items():
         R = np.array([r["true_return"] for r in rs])
-        reach = [steps_to_target(r["curve"], r_random, r_sac) for r in rs]
-        reach_s = ", ".join("never" if s is None else str(s) for s in reach)
+        steps = [reach[name, r["seed"]] for r in rs]
+        ratios = [steps_ratio(reach[name, r["seed"]], reach.get(("sobirl", r["seed"]))) for r in rs]
         step_ms = 1000 * np.mean([r["wall_s"] / r["steps"] for r in rs])
-        lines.append(f"| {m} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {((R - r_random) / (r_sac - r_random)).mean():.2f} | "
-                     f"{reach_s} | {int(np.mean([r['labels'] for r in rs]))} | {step_ms:.1f} ms |")
+        lines.append(f"| {name} | {R.mean():.1f} +- {R.std():.1f} (n={len(R)}) | {((R - r_random) / (r_sac - r_random)).mean():.2f} | "
+                     f"{', '.join('never' if s is None else str(s) for s in steps)} | {', '.join(ratios)} | "
+                     f"{int(np.mean([r['labels'] for r in rs]))} | {step_ms:.1f} ms |")
     return lines
 
 
@@ -156,14 +184,20 @@ def _plot(records: List[Dict], envs: List[str], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(envs), figsize=(7 * len(envs), 4), squeeze=False)
     for ax, env_id in zip(axes[0], envs):
-        for m in METHODS:
-            for r in (r for r in records if r["method"] == m and r["env"] == env_id and r["curve"]):
-                t, y = np.array(r["curve"]).T
-                ax.plot(t, y, label=f"{m} (seed {r['seed']})")
+        for r in sorted((r for r in records if r["env"] == env_id and r["curve"]), key=lambda r: (METHODS.index(r["method"]), label(r))):
+            t, y = np.array(r["curve"]).T
+            ax.plot(t, y, label=f"{label(r)}, seed {r['seed']}")
         ax.set(xlabel="env steps", ylabel="TRUE episode return (training episodes)", title=env_id)
         ax.legend(fontsize=7)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
+
+
+def _shell_word(item: str) -> str:
+    """``item`` quoted so that the printed command can be pasted into a shell (``"estimator='none'"``)."""
+    import shlex
+
+    return f'"{item}"' if "'" in item and not set('"$`\\') & set(item) else shlex.quote(item)
 
 
 def _split(text: str) -> List[str]:
@@ -178,23 +212,23 @@ def run_model_based(args: argparse.Namespace) -> str:
     out = Path(args.out)
     runs = out / "model_based_runs"
     runs.mkdir(parents=True, exist_ok=True)
-    params = parse_params(args.msobirl_params)
-    own = lambda m: params if m == "msobirl" else {}  # noqa: E731
-    path = lambda e, m, s: runs / f"{e}_{m}_seed{s}{params_tag(own(m))}.json"  # noqa: E731
-    jobs = [(m, e, s, args.steps, args.queries, str(path(e, m, s)), own(m))
-            for e in envs for s in range(args.seeds) for m in methods if not path(e, m, s).exists()]
+    variants = msobirl_variants(args.msobirl_params)
+    settings = [(m, p) for m in methods for p in (variants if m == "msobirl" else [{}])]
+    path = lambda e, m, s, p: runs / f"{e}_{m}_seed{s}{params_tag(p)}.json"  # noqa: E731
+    jobs = [(m, e, s, args.steps, args.queries, str(path(e, m, s, p)), p)
+            for e in envs for s in range(args.seeds) for m, p in settings if not path(e, m, s, p).exists()]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['env']} {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
     records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    records = [r for r in records if r["method"] in methods and r["env"] in envs and r["steps"] == args.steps
-               and r.get("params", {}) == own(r["method"])]
+    records = [r for r in records if (r["method"], r.get("params", {})) in settings and r["env"] in envs
+               and r["steps"] == args.steps and r["seed"] < args.seeds]
     lines = [
         "# Model-based: M-SoBiRL vs SoBiRL vs DRLHF (TRUE reward)",
         "",
         f"Command: `python -m agents.benchmark model-based --steps {args.steps} --queries {args.queries} --seeds {args.seeds} "
         f"--workers {args.workers} --envs {args.envs}"
-        f"{' --msobirl-params ' + ' '.join(args.msobirl_params) if args.msobirl_params else ''}`",
+        f"{''.join(' --msobirl-params ' + ' '.join(map(_shell_word, group)) for group in args.msobirl_params or [])}`",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}, one torch thread per run, "
         f"{args.workers} runs in parallel (wall times of parallel runs share the machine).",
         "",

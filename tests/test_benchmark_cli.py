@@ -33,7 +33,31 @@ def test_overrides_name_their_runs_so_cached_runs_never_mix_settings():
     params = parse_params(["gradient_steps=10", "estimator='none'"])
     assert params == {"gradient_steps": 10, "estimator": "none"}
     assert params_tag(params) == "_estimator-none_gradient_steps-10" and params_tag({}) == ""
+    from agents.bench_model_based import msobirl_variants
+
     args = build_parser().parse_args(["model-based", "--msobirl-params", "gradient_steps=10"])
-    assert parse_params(args.msobirl_params) == {"gradient_steps": 10}
+    assert msobirl_variants(args.msobirl_params) == [{"gradient_steps": 10}]
+    assert msobirl_variants(build_parser().parse_args(["model-based"]).msobirl_params) == [{}]
+    args = build_parser().parse_args(["model-based", "--msobirl-params", "--msobirl-params", "hypergrad_coef=0.01"])
+    assert msobirl_variants(args.msobirl_params) == [{}, {"hypergrad_coef": 0.01}]
+    with pytest.raises(ValueError, match="--msobirl-params: the same variant"):
+        msobirl_variants([["gradient_steps=10"], ["gradient_steps=10"]])
     with pytest.raises(ValueError, match="--params: estimator"):
         parse_params(["estimator=none"])  # a bare name is not a Python literal
+
+
+def test_model_based_table_has_a_row_per_msobirl_variant_and_steps_relative_to_sobirl():
+    from agents.bench_model_based import _table
+
+    def rec(method, seed, curve, params=None):
+        return dict(method=method, env="E", seed=seed, true_return=curve[-1][1], curve=curve, wall_s=1.0, steps=100,
+                    labels=10, **({"params": params} if params else {}))
+
+    # R_random = 0, R_SAC_true = 100: the 0.9 target is a return of 90, averaged over the last 3 episodes.
+    fast, slow, never = [[10, 90], [20, 90], [30, 90]], [[10, 0], [20, 90], [30, 90], [40, 90], [50, 90], [60, 90]], [[10, 0]] * 3
+    records = [rec("sac_true", 0, fast), rec("sobirl", 0, slow), rec("msobirl", 0, fast),
+               rec("msobirl", 0, never, {"hypergrad_coef": 0.01})]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in _table(records, "E", 0.0) if line.startswith("| ")}
+    assert rows["| sobirl"][3] == "40" and rows["| sobirl"][4] == "1.00"
+    assert rows["| msobirl"][3] == "30" and rows["| msobirl"][4] == "0.75"
+    assert rows["| msobirl (hypergrad_coef=0.01)"][3] == "never" and rows["| msobirl (hypergrad_coef=0.01)"][4] == "n/a"
