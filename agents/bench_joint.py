@@ -34,6 +34,8 @@ from typing import Dict
 
 import numpy as np
 
+from agents.reports import write_report
+
 ENV_ID = "Pendulum-v1"
 METHODS = ("preferences", "demonstrations", "joint", "bc")
 
@@ -174,7 +176,7 @@ def run_joint(args: argparse.Namespace, command: str) -> str:
               "benchmark).  BC has no reward model, so no preference accuracy."]
     lines += ["", "![normalised TRUE return](joint.png)"]
     report = "\n".join(lines)
-    (out / "joint.md").write_text(report + "\n")
+    write_report(out / "joint.md", report)
     _plot(by_row, r_exp, r_rand, out / "joint.png")
     print(report)
     return report

@@ -49,6 +49,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from agents.reports import write_report
+
 METHODS = {"meta": "meta (SoBiRL)", "pooled": "pooled (DRLHF)"}
 #: training variants (m, l) and held-out variants: one between them, one outside (weaker torque)
 TRAIN_VARIANTS: Tuple[Tuple[float, float], ...] = ((0.8, 0.9), (1.2, 1.1))
@@ -368,7 +370,7 @@ def run_meta_pendulum(args: argparse.Namespace, command: str) -> int:
                 records.append(unit(hpath, heldout_run, method, variant, seed, args, {"json": hpath}, paths["reward"], refs[variant]))
     r_random = {tuple(v): random_return(v) for v in args.heldout_variants}
     report, summary = _report(args, command, records, r_random, time.perf_counter() - start)
-    (out / "meta_pendulum.md").write_text(report)
+    write_report(out / "meta_pendulum.md", report)
     _plot(out / "meta_pendulum.png", args, summary)
     print(report)
     return 0

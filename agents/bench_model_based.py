@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from agents.bench_pendulum import params_tag, parse_params
+from agents.reports import write_report
 
 METHODS = ("sac_true", "msobirl", "sobirl", "drlhf")
 TARGET = 0.9
@@ -177,18 +178,26 @@ def _table(records: List[Dict], env_id: str, r_random: float) -> List[str]:
 
 
 def _plot(records: List[Dict], envs: List[str], path: Path) -> None:
+    """Per env: for each method (and M-SoBiRL variant) the mean TRUE training return over seeds,
+    shaded between the lowest and highest seed (curves interpolated onto a common step grid)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(envs), figsize=(7 * len(envs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(envs), figsize=(8 * len(envs), 4.5), squeeze=False)
     for ax, env_id in zip(axes[0], envs):
+        groups: Dict[str, List[np.ndarray]] = {}
         for r in sorted((r for r in records if r["env"] == env_id and r["curve"]), key=lambda r: (METHODS.index(r["method"]), label(r))):
-            t, y = np.array(r["curve"]).T
-            ax.plot(t, y, label=f"{label(r)}, seed {r['seed']}")
-        ax.set(xlabel="env steps", ylabel="TRUE episode return (training episodes)", title=env_id)
-        ax.legend(fontsize=7)
+            groups.setdefault(label(r), []).append(np.array(r["curve"], dtype=float))
+        for name, curves in groups.items():
+            grid = np.unique(np.concatenate([c[:, 0] for c in curves]))
+            grid = grid[grid <= min(c[-1, 0] for c in curves)]
+            ys = np.array([np.interp(grid, c[:, 0], c[:, 1]) for c in curves])
+            (line,) = ax.plot(grid, ys.mean(0), label=f"{name} (n={len(curves)})")
+            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
+        ax.set(xlabel="env steps", ylabel="TRUE episode return (training episodes)", title=f"{env_id}: mean over seeds, min-max shaded")
+        ax.legend(fontsize=7, loc="lower right")
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
@@ -243,7 +252,7 @@ def run_model_based(args: argparse.Namespace) -> str:
         "![learning curves](model_based_curves.png)",
     ]
     report = "\n".join(lines)
-    (out / "model_based.md").write_text(report + "\n")
+    write_report(out / "model_based.md", report)
     _plot(records, envs, out / "model_based_curves.png")
     print(report)
     return report

@@ -31,6 +31,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from agents.reports import write_report
+
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 DEMO_SEED = 1_000
 N_EVAL = 10
@@ -334,7 +336,7 @@ def run_offline(args: argparse.Namespace, command: str) -> str:
         "![normalised TRUE return](offline.png)",
     ]
     report = "\n".join(lines)
-    (out / "offline.md").write_text(report + "\n")
+    write_report(out / "offline.md", report)
     _plot(records, ref, ns, out / "offline.png")
     print(report)
     return report

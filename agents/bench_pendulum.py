@@ -26,6 +26,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from agents.reports import write_report
+
 METHODS = ("sac_true", "sobirl", "sobirl_myopic", "drlhf")
 ENV_ID = "Pendulum-v1"
 
@@ -227,7 +229,7 @@ def run_pendulum(args: argparse.Namespace) -> str:
         "",
         "![learning curves](pendulum_curves.png)",
     ])
-    (out / "pendulum.md").write_text(report + "\n")
+    write_report(out / "pendulum.md", report)
     _plot(records, out / "pendulum_curves.png")
     print(report)
     return report

@@ -47,6 +47,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from agents.reports import write_report
+
 MODELS = ("ensemble", "single", "soft")
 LABELS = {"ensemble": "NLL, GaussianEnsemble (5 members, 3 elites)", "single": "NLL, one Gaussian MLP",
           "soft": "bilevel SoftWorldModel (reward as outer variable)", "real": "reference: SAC in the real env"}
@@ -490,7 +492,7 @@ def run_world_model(args: argparse.Namespace, command: str) -> str:
         "",
     ]
     report = "\n".join(lines)
-    (out / "world_model.md").write_text(report)
+    write_report(out / "world_model.md", report)
     _plot(records, names, r_random, out / "world_model.png")
     print(report)
     return report

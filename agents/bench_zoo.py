@@ -43,6 +43,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agents.reports import write_report
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ALGOS = ("sobirl", "drlhf", "sac")
 ALGOS = DEFAULT_ALGOS + ("msobirl",)  # M-SoBiRL: flat vector observations only (not Atari)
@@ -469,7 +471,7 @@ def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: 
         plot_curves(records, env_id, out / png)
         parts += ["", env_table(records, env_id), "", f"![TRUE return vs env steps]({png})"]
     text = "\n".join(parts) + "\n"
-    (out / f"results_{suite}.md").write_text(text)
+    write_report(out / f"results_{suite}.md", text)
     sections = [(out / f"results_{name}.md").read_text() for name in SUITES if (out / f"results_{name}.md").is_file()]
     (out / "results.md").write_text("# Benchmarks: SoBiRL vs DRLHF vs SAC on the TRUE reward\n\n" + "\n".join(sections))
     return text
