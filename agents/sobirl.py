@@ -48,7 +48,8 @@ from torch.func import functional_call
 from gymnasium import spaces
 from stable_baselines3 import SAC
 from stable_baselines3.common.buffers import ReplayBuffer
-from stable_baselines3.common.type_aliases import GymEnv
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -354,6 +355,14 @@ class BilevelMixin:
         if self._snapshots is not None:
             self._snapshots.record(self.replay_buffer.pos)
         return out
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool = False) -> BaseCallback:
+        # An EvalCallback's env gives the TRUE reward while the training env is wrapped in the
+        # learned reward, so SB3's "not of the same type" warning would fire on every run.  That
+        # difference is the point of evaluating on the TRUE reward; silence exactly that warning.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Training and eval env are not of the same type", category=UserWarning)
+            return super()._init_callback(callback, progress_bar)
 
     def _store_transition(self, replay_buffer, *args, **kwargs) -> None:
         super()._store_transition(replay_buffer, *args, **kwargs)

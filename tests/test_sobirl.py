@@ -218,3 +218,24 @@ def test_storm_reevaluates_the_new_sample_at_the_previous_parameters():
         th.testing.assert_close(got, c1)
     model.learn(250)  # and it runs inside training
     assert model._storm_state is not None
+
+
+def test_evaluating_on_the_true_reward_does_not_warn_about_env_types():
+    """An EvalCallback on the unwrapped (TRUE-reward) env is the intended use: no type warning."""
+    import warnings
+
+    import gymnasium as gym
+    from stable_baselines3.common.callbacks import EvalCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from agents.sobirl import DRLHF
+    from birl.feedback import SyntheticTeacher
+
+    model = DRLHF("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), n_queries=4, segment_length=5,
+                  learning_starts=20, outer_freq=20, reward_steps=1, batch_size=8, policy_kwargs={"net_arch": [8]}, seed=0)
+    callback = EvalCallback(DummyVecEnv([lambda: gym.make("Pendulum-v1")]), eval_freq=25, n_eval_episodes=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.learn(30, callback=callback)
+    assert callback.n_calls == 30 and callback.best_mean_reward > -np.inf
+    assert not [w for w in caught if "not of the same type" in str(w.message)]
