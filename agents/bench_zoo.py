@@ -16,7 +16,12 @@ Without Ray (or with ``--backend processes``) a local process pool of ``--worker
 
 Resumable.  The driver writes ``<out>/zoo_runs/<suite>/<env>/<run>.json`` for each finished run,
 where ``<run>`` names the algorithm, seed and a hash of every setting that changes the result;
-existing records are not redone (delete one to rerun it).
+existing records are not redone (delete one to rerun it).  Within a run, a checkpoint (agent,
+replay buffer, the evaluation curve and timings so far) is written after every evaluation to
+``<out>/zoo_logs/<suite>/<env>/<run>/checkpoints`` (newest only; deleted when the run finishes);
+a run that was killed continues from it when the suite is started again (``--no-checkpoints``
+turns this off).  With Ray on a cluster that needs the task to land on a machine that sees the
+same ``<out>`` folder.
 
 Report.  ``<out>/results_<suite>.md`` (and ``<out>/results.md``, all suites together): per env
 and algorithm, the TRUE return of the last evaluation (IQM over seeds with a 95% stratified
@@ -37,6 +42,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -125,6 +131,11 @@ def add_arguments(parser: argparse.ArgumentParser, suite: Suite) -> None:
     parser.add_argument("--address", default=None, help="Ray cluster to join (auto or HOST:PORT; default: a local instance)")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs on this machine (default: 2)")
     parser.add_argument("--out", default="benchmark", help="output folder (default: benchmark)")
+    parser.add_argument(
+        "--checkpoints", action=argparse.BooleanOptionalAction, default=True,
+        help="checkpoint each run (agent and replay buffer) after every evaluation and continue a killed run from "
+        "its last one (default: on; deleted when the run finishes)",
+    )
 
 
 def add_mujoco_arguments(parser: argparse.ArgumentParser) -> None:
@@ -226,35 +237,91 @@ def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
     return silent
 
 
-def _train_record(spec: RunSpec, log_folder: Path) -> Dict[str, Any]:
+def _latest_checkpoint(folder: Path) -> Any:
+    """The newest readable checkpoint of an interrupted run in ``folder``, or ``None``."""
+    from agents.checkpoint import load_latest_checkpoint
+    from birl.serialization import CorruptFileError
+
+    if not folder.is_dir():
+        return None
+    try:
+        return load_latest_checkpoint(folder)
+    except FileNotFoundError:
+        return None
+    except CorruptFileError as err:
+        warnings.warn(f"{folder}: no readable checkpoint, the run starts over: {err}", RuntimeWarning, stacklevel=2)
+        return None
+
+
+def _suite_checkpoints(progress: Callable[[], Dict[str, Any]], save_freq: int, save_path: Path) -> Any:
+    """A :class:`~agents.checkpoint.BilevelCheckpointCallback` (newest checkpoint only, with the
+    replay buffer) whose metadata carries ``progress()``: the curve and timings so far."""
+    from agents.checkpoint import BilevelCheckpointCallback
+
+    class SuiteCheckpoints(BilevelCheckpointCallback):
+        def save(self) -> str:
+            self.metadata["bench"] = progress()
+            return super().save()
+
+    return SuiteCheckpoints(save_freq, save_path, keep=1, save_replay_buffer=True)
+
+
+def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> Dict[str, Any]:
+    """Train one run; with ``checkpoints``, write a checkpoint after every evaluation to
+    ``<log_folder>/checkpoints`` and continue from the newest one if a killed run left it."""
+    import shutil
+    import tempfile
+
+    from rl_zoo3.utils import EnvironmentName
     from stable_baselines3.common.callbacks import EvalCallback
 
+    from agents.checkpoint import ResumeCallback
     from agents.zoo import experiment_manager
 
-    manager = experiment_manager(
-        spec.algo, spec.env_id, log_folder, n_timesteps=spec.steps, hyperparams=spec.overrides(), seed=spec.seed,
-        eval_freq=max(1, spec.steps // spec.evaluations), n_eval_episodes=spec.eval_episodes,
-    )
-    model, _ = _quiet(manager.setup_experiment)()
+    eval_freq = max(1, spec.steps // spec.evaluations)
+    checkpoint_dir = log_folder / "checkpoints"
+    resume = _latest_checkpoint(checkpoint_dir) if checkpoints else None
+    before = resume.metadata.get("bench", {}) if resume is not None else {}
+    with tempfile.TemporaryDirectory(prefix="birl_bench_") as tmp:
+        manager = experiment_manager(
+            spec.algo, spec.env_id, log_folder, n_timesteps=spec.steps, hyperparams=spec.overrides(), seed=spec.seed,
+            eval_freq=eval_freq, n_eval_episodes=spec.eval_episodes,
+            trained_agent=resume.extract(tmp, vecnormalize_dir=str(EnvironmentName(spec.env_id))) if resume is not None else "",
+        )
+        model, _ = _quiet(manager.setup_experiment)()  # loads the agent and replay buffer of the checkpoint
     evaluation = _Stopwatch()
-    for callback in manager.callbacks:
-        if isinstance(callback, EvalCallback):
-            callback._on_step = evaluation.wrap(callback._on_step)
+    evaluator = next(c for c in manager.callbacks if isinstance(c, EvalCallback))
+    evaluator._on_step = evaluation.wrap(evaluator._on_step)
     start = time.perf_counter()
+
+    def progress() -> Dict[str, Any]:
+        """The record's curve and timings up to now, this part of the run and the parts before."""
+        return {
+            "curve_steps": before.get("curve_steps", []) + [int(t) for t in evaluator.evaluations_timesteps],
+            "curve_returns": before.get("curve_returns", []) + [float(np.mean(r)) for r in evaluator.evaluations_results],
+            "train_time_s": before.get("train_time_s", 0.0) + time.perf_counter() - start - evaluation.seconds,
+            "eval_time_s": before.get("eval_time_s", 0.0) + evaluation.seconds,
+            "resumed": before.get("resumed", -1) + 1,
+        }
+
+    if resume is not None:  # first: it restores the counters the other callbacks read
+        manager.callbacks.insert(0, ResumeCallback(resume))
+    if checkpoints:  # a checkpoint right after each evaluation keeps a resumed run on the same grid
+        manager.callbacks.append(_suite_checkpoints(progress, eval_freq, checkpoint_dir))
     _quiet(manager.learn)(model)
-    wall = time.perf_counter() - start
+    if model.num_timesteps < spec.steps:  # rl_zoo3's learn returns quietly on KeyboardInterrupt
+        raise KeyboardInterrupt(f"{spec.name()} stopped at step {model.num_timesteps} of {spec.steps}"
+                                + (f"; rerun to continue from {checkpoint_dir}" if checkpoints else ""))
     _quiet(manager.save_trained_model)(model)
-    curve = np.load(Path(manager.save_path) / "evaluations.npz")
+    done = progress()
     record = {
-        "final_return": float(curve["results"][-1].mean()),
-        "curve_steps": curve["timesteps"].tolist(),
-        "curve_returns": curve["results"].mean(axis=1).tolist(),
+        "final_return": done["curve_returns"][-1],
         "env_steps": int(model.num_timesteps),
-        "train_time_s": wall - evaluation.seconds,
-        "eval_time_s": evaluation.seconds,
+        **done,
     }
     if spec.bilevel:
         record.update(_feedback_metrics(model, spec.env_id))
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: its final model is saved
     return record
 
 
@@ -272,14 +339,14 @@ def _feedback_metrics(model: Any, env_id: str) -> Dict[str, Any]:
     return metrics
 
 
-def run_one(spec: RunSpec, log_root: str) -> Dict[str, Any]:
+def run_one(spec: RunSpec, log_root: str, checkpoints: bool = True) -> Dict[str, Any]:
     """Train (or, for ``random``, evaluate) one run in this process; return its record."""
     import torch as th
 
     th.set_num_threads(1)
     log_folder = Path(log_root) / spec.suite / spec.env_id.replace("/", "-") / spec.name()
-    measure = _random_record if spec.algo == RANDOM else _train_record
-    return {**asdict(spec), "host": platform.node(), **measure(spec, log_folder)}
+    measure = _random_record(spec, log_folder) if spec.algo == RANDOM else _train_record(spec, log_folder, checkpoints)
+    return {**asdict(spec), "host": platform.node(), **measure}
 
 
 # ------------------------------------------------------------------ execution
@@ -306,7 +373,7 @@ def _execute_ray(specs: List[RunSpec], args: argparse.Namespace, log_root: str) 
         ray.init(num_cpus=args.workers, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1)(run_one)
-        pending = {task.remote(spec, log_root): spec for spec in specs}
+        pending = {task.remote(spec, log_root, args.checkpoints): spec for spec in specs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             yield pending.pop(done[0]), ray.get(done[0])
@@ -318,7 +385,7 @@ def _execute_processes(specs: List[RunSpec], args: argparse.Namespace, log_root:
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(run_one, spec, log_root): spec for spec in specs}
+        futures = {pool.submit(run_one, spec, log_root, args.checkpoints): spec for spec in specs}
         for future in as_completed(futures):
             yield futures[future], future.result()
 

@@ -250,3 +250,78 @@ def test_benchmark_end_to_end_and_resume(tmp_path, capsys):
     capsys.readouterr()
     bench_zoo.run_mujoco(args)
     assert "3 of 3 runs already done; running 0" in capsys.readouterr().out
+
+
+def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, monkeypatch):
+    """A run that dies after its second evaluation resumes there: one curve, the full budget."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    import agents.zoo
+    from agents import bench_zoo
+    from agents.checkpoint import list_checkpoints, load_checkpoint
+
+    spec = bench_zoo.RunSpec(
+        suite="mujoco", env_id="Pendulum-v1", algo="sobirl", seed=0, steps=60, queries=4, evaluations=3, eval_episodes=1,
+        hyperparams=tuple((k, v) for k, v in {"learning_starts": "10", "outer_freq": "10", "segment_length": "5",
+                                               "reward_steps": "1", "batch_size": "8"}.items()),
+    )  # fmt: skip
+    folder = tmp_path / spec.name()
+
+    class Kill(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= 50:
+                raise RuntimeError("killed")
+            return True
+
+    real = agents.zoo.experiment_manager
+
+    def dying(*args, **kwargs):
+        manager = real(*args, **kwargs)
+        learn = manager.learn
+
+        def learn_and_die(model):
+            manager.callbacks.append(Kill())
+            return learn(model)
+
+        manager.learn = learn_and_die
+        return manager
+
+    monkeypatch.setattr(agents.zoo, "experiment_manager", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        bench_zoo._train_record(spec, folder)
+    [saved] = list_checkpoints(folder / "checkpoints")
+    assert load_checkpoint(saved).num_timesteps == 40  # written right after the evaluation at step 40
+    monkeypatch.setattr(agents.zoo, "experiment_manager", real)
+
+    record = bench_zoo._train_record(spec, folder)
+    assert record["resumed"] == 1 and record["env_steps"] == 60 and record["labels"] > 0
+    assert record["curve_steps"] == [20, 40, 60] and len(record["curve_returns"]) == 3
+    assert record["final_return"] == record["curve_returns"][-1] and record["train_time_s"] > 0
+    assert not (folder / "checkpoints").exists()  # removed once the run is complete
+
+
+def test_benchmark_run_stopped_by_keyboard_interrupt_is_not_a_finished_run(tmp_path, monkeypatch):
+    """rl_zoo3's learn swallows KeyboardInterrupt; the suite must not record the partial run."""
+    from agents import bench_zoo
+
+    spec = bench_zoo.RunSpec(suite="mujoco", env_id="Pendulum-v1", algo="sac", seed=0, steps=40, queries=0,
+                             evaluations=2, eval_episodes=1, hyperparams=(("learning_starts", "10"),))
+
+    from stable_baselines3 import SAC
+
+    learn = SAC.learn
+
+    def interrupted(self, total_timesteps, callback=None, **kwargs):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class Interrupt(BaseCallback):
+            def _on_step(self) -> bool:
+                if self.num_timesteps >= 30:
+                    raise KeyboardInterrupt
+                return True
+
+        return learn(self, total_timesteps, callback=[*callback, Interrupt()], **kwargs)
+
+    monkeypatch.setattr(SAC, "learn", interrupted)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 30 of 40; rerun to continue"):
+        bench_zoo._train_record(spec, tmp_path / spec.name())
