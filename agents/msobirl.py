@@ -40,7 +40,7 @@ one-step surrogate, the continuous agent puts the model-branched ``Q - V``),
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch as th
@@ -133,6 +133,7 @@ _MODEL_DEFAULTS = dict(
     real_ratio=0.5,
     branch_steps=5,
     branch_bootstrap=False,  # see the class docstring
+    termination_fn="auto",
 )
 
 
@@ -148,6 +149,11 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         model_rollout_freq: env steps between model-rollout generations.
         rollout_batch_size: start states per generation.
         rollout_schedule: ``(start_step, end_step, min_length, max_length)`` of the rollout length.
+        termination_fn: how model rollouts end.  ``"auto"`` (default): the env's known rule
+            (:func:`envs.termination.termination_rule`, e.g. Hopper's healthy ranges, as MBPO
+            does) where there is one, else the ensemble's learned termination head; ``"learned"``:
+            always the head; or a callable ``(obs, act, next_obs) -> [B] bool`` on tensors.  The
+            head is ignored until the replay buffer holds a termination.
         model_retain: generations kept in the model buffer.
         real_ratio: fraction of real transitions in each SAC batch (1 disables model data).
 
@@ -187,7 +193,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         super().__init__(policy, env, feedback=feedback, **kwargs)
 
     def _init_model_based(self, dynamics_kwargs, model_fit_kwargs, model_train_freq, model_rollout_freq, rollout_batch_size,
-                          rollout_schedule, model_retain, real_ratio, branch_steps, branch_bootstrap) -> None:
+                          rollout_schedule, model_retain, real_ratio, branch_steps, branch_bootstrap, termination_fn) -> None:
         for name, v in (("model_train_freq", model_train_freq), ("model_rollout_freq", model_rollout_freq),
                         ("rollout_batch_size", rollout_batch_size), ("model_retain", model_retain)):
             if int(v) != v or v < 1:
@@ -198,6 +204,9 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
             raise ValueError(f"rollout_schedule must be (start_step, end_step, min_length >= 1, max_length >= min_length), got {rollout_schedule!r}")
         if not 0 < real_ratio <= 1:
             raise ValueError(f"real_ratio must lie in (0, 1], got {real_ratio!r}")
+        if not (callable(termination_fn) or termination_fn in ("auto", "learned")):
+            raise ValueError(f"termination_fn must be 'auto', 'learned' or a callable (obs, act, next_obs) -> bool tensor, got {termination_fn!r}")
+        self.termination_fn = termination_fn
         self.dynamics_kwargs, self.model_fit_kwargs = dict(dynamics_kwargs or {}), dict(model_fit_kwargs or {})
         self.model_train_freq, self.model_rollout_freq = int(model_train_freq), int(model_rollout_freq)
         self.rollout_batch_size, self.rollout_schedule = int(rollout_batch_size), tuple(rollout_schedule)
@@ -226,8 +235,12 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         self._model_rng = th.Generator().manual_seed(int(self.seed or 0))
         self._branch_cache = None
 
+    def set_env(self, env, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset=force_reset)
+        self._termination_rule = None  # termination_fn="auto" is looked up again for the new env
+
     def _excluded_save_params(self):
-        return super()._excluded_save_params() + ["model_buffer", "_model_rng", "_branch_cache"]
+        return super()._excluded_save_params() + ["model_buffer", "_model_rng", "_branch_cache", "_termination_rule"]
 
     def _get_torch_save_params(self):
         state_dicts, variables = super()._get_torch_save_params()
@@ -247,10 +260,27 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         Until the replay buffer holds a termination the ensemble's termination head is ignored:
         fitted on all-negative labels it has no evidence, yet after a short fit it ended most
         Pendulum model rollouts early (``tests/test_model_estimator.py``)."""
-        dynamics = EnsembleDynamics(self.dynamics, terminations=self._seen_termination)
-        env = ModelEnv(dynamics, self._reward_fn if reward else None)
+        rule = self.termination_rule()
+        dynamics = EnsembleDynamics(self.dynamics, terminations=self._seen_termination and rule is None)
+        env = ModelEnv(dynamics, self._reward_fn if reward else None, termination_fn=rule)
         env.generator = self._model_rng  # one seeded stream across rollouts
         return env
+
+    def termination_rule(self) -> Optional[Callable]:
+        """The known termination rule that model rollouts use (``termination_fn``), or ``None``
+        for the ensemble's learned head; ``"auto"`` is resolved from the env's spec once."""
+        if callable(self.termination_fn):
+            return self.termination_fn
+        if self.termination_fn == "learned":
+            return None
+        if getattr(self, "_termination_rule", None) is None:
+            if self.env is None:  # loaded without an env: nothing to look up yet
+                return None
+            from envs.termination import termination_rule
+
+            spec = self.env.get_attr("spec")[0]
+            self._termination_rule = (termination_rule(spec) if spec is not None else None) or "learned"
+        return None if self._termination_rule == "learned" else self._termination_rule
 
     def _real_transitions(self) -> Tuple[np.ndarray, ...]:
         buf = self.replay_buffer

@@ -14,7 +14,8 @@ from agents.msobirl import MSoBiRL
 from birl.feedback import SyntheticTeacher
 from birl.model_env import EnsembleDynamics, ModelEnv, TabularDynamics, branched_advantage
 from birl.tabular import garnet
-from tests.conftest import fast_agent_kwargs
+from envs.termination import termination_rule
+from tests.conftest import fast_agent_kwargs, requires
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,8 @@ def test_bootstrapped_tail_skips_terminated_rollouts():
 
 def test_agent_bootstraps_the_model_estimator_with_its_successor_critic():
     kw = fast_agent_kwargs(rollout_batch_size=64, model_fit_kwargs=dict(max_epochs=2), dynamics_kwargs=dict(hidden=(16, 16)))
-    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, branch_bootstrap=True, **kw)
+    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, branch_bootstrap=True,
+                    termination_fn="learned", **kw)  # the learned head, not Pendulum's known rule
     assert agent.estimator == "model" and agent.needs_successor and agent.branch_bootstrap
     agent.learn(250)
     assert agent._successor_updates > 0
@@ -146,3 +148,25 @@ def test_agent_bootstraps_the_model_estimator_with_its_successor_critic():
     assert not plain.needs_successor and not hasattr(plain, "successor")
     with pytest.raises(ValueError, match="branch_bootstrap"):
         MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(), estimator="myopic", branch_bootstrap=True)
+
+
+def test_model_rollouts_end_by_the_envs_known_termination_rule():
+    requires("mujoco")
+    kw = fast_agent_kwargs(rollout_batch_size=64, dynamics_kwargs=dict(hidden=(16, 16)))
+    agent = MSoBiRL("MlpPolicy", "Hopper-v5", feedback=SyntheticTeacher(seed=0), seed=0, **kw)
+    rule = agent.termination_rule()
+    assert rule is not None and agent.termination_rule() is rule  # looked up once, from the env's spec
+    env = agent.model_env(reward=False)
+    assert env.termination_fn is rule and not env.dynamics.terminations  # the rule replaces the learned head
+    gen = torch.Generator().manual_seed(0)
+    start = torch.as_tensor(agent.env.reset(), dtype=torch.float32).repeat(256, 1)
+    start = start + 0.3 * torch.randn(start.shape, generator=gen)
+    env.reset(start)
+    nxt, _, terminated = env.step(torch.zeros(256, 3))
+    assert torch.equal(terminated, rule(start, None, nxt)) and terminated.dtype == torch.bool
+    assert termination_rule("Hopper-v5")(start, None, start).any()  # some starts are already unhealthy
+
+    learned = MSoBiRL("MlpPolicy", "Hopper-v5", feedback=SyntheticTeacher(seed=0), termination_fn="learned", **kw)
+    assert learned.termination_rule() is None
+    with pytest.raises(ValueError, match="termination_fn must be 'auto', 'learned' or a callable"):
+        MSoBiRL("MlpPolicy", "Hopper-v5", feedback=SyntheticTeacher(seed=0), termination_fn="sometimes")
