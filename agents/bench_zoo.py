@@ -370,6 +370,9 @@ def _execute_ray(specs: List[RunSpec], args: argparse.Namespace, log_root: str) 
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
         pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # Ray renices its workers to 15, so any other job on the machine (even a test run)
+        # starves the benchmark; a local instance started here keeps them at the default priority
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=args.workers, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, include_dashboard=False, log_to_driver=False)
     try:
         task = ray.remote(num_cpus=1)(run_one)
