@@ -7,7 +7,9 @@ Equal env steps and
 label budgets for every preference method.  Each run is one process-pool task writing
 ``<out>/model_based_runs/<env>_<method>_seed<k>[_<overrides>].json`` (finished runs are reused;
 ``--msobirl-params`` overrides M-SoBiRL's settings and names its runs apart; repeat the flag to
-benchmark several M-SoBiRL variants side by side, one table row each).  The report
+benchmark several M-SoBiRL variants side by side, one table row each).  While a run trains, its
+checkpoint (every tenth of the run) sits beside its record-to-be in ``<run>.checkpoints/``; a
+killed run continues from there when the benchmark is started again (with a fresh episode).  The report
 ``<out>/model_based.md`` gives TRUE return of the final policy, env steps until the TRUE
 training-episode return first reaches a normalised score
 ``(R - R_random) / (R_SAC_true - R_random) >= 0.9`` (``R_SAC_true``: final return of SAC on the
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -85,31 +88,49 @@ def _make_agent(method: str, env_id: str, seed: int, queries: int, params: Optio
     return (DRLHF if method == "drlhf" else SoBiRL)("MlpPolicy", gym.make(env_id), **bilevel)
 
 
+def checkpoint_folder(path: str) -> Path:
+    """Where the run recorded at ``path`` keeps its checkpoint while it trains."""
+    return Path(path).with_suffix(".checkpoints")
+
+
 def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: str, params: Dict) -> Dict:
-    """One training run in a fresh process; returns (and writes) its record."""
+    """One training run in a fresh process; returns (and writes) its record.
+
+    A checkpoint (agent, replay buffer, curve and wall time so far) is written every tenth of
+    the run to :func:`checkpoint_folder`; a killed run continues from it when started again."""
     import gymnasium as gym
     import torch as th
     from stable_baselines3.common.callbacks import ConvertCallback
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
+    from agents.checkpoint import ProgressCheckpointCallback, ResumeCallback, find_checkpoint
+
     th.set_num_threads(1)
-    model = _make_agent(method, env_id, seed, queries, params)
-    curve: List = []
+    folder = checkpoint_folder(path)
+    resume = find_checkpoint(folder)
+    before = resume.metadata.get("progress", {}) if resume is not None else {}
+    model = resume.load_agent(env=gym.make(env_id)) if resume is not None else _make_agent(method, env_id, seed, queries, params)
+    curve: List = list(before.get("curve", []))
 
     def record(local_vars, _globals) -> bool:  # Monitor sits inside the reward wrapper: TRUE returns
         t = int(local_vars["self"].num_timesteps)
-        curve.extend((t, float(info["episode"]["r"])) for info in local_vars.get("infos", []) if "episode" in info)
+        curve.extend([t, float(info["episode"]["r"])] for info in local_vars.get("infos", []) if "episode" in info)
         return True
 
     start = time.perf_counter()
-    model.learn(steps, callback=ConvertCallback(record))
-    wall = time.perf_counter() - start
+    progress = lambda: {"curve": list(curve), "wall_s": before.get("wall_s", 0.0) + time.perf_counter() - start,  # noqa: E731
+                        "resumed": before.get("resumed", -1) + 1}
+    callbacks = [ResumeCallback(resume)] if resume is not None else []
+    callbacks += [ConvertCallback(record), ProgressCheckpointCallback(max(1, steps // 10), folder, progress, keep=1, save_replay_buffer=True)]
+    model.learn(steps, callback=callbacks)
+    done = progress()
     mean_r, std_r = evaluate_policy(model, Monitor(gym.make(env_id)), n_eval_episodes=10, deterministic=True)
     record = {"method": method, "env": env_id, "seed": seed, "steps": steps, "true_return": float(mean_r),
-              "true_return_std": float(std_r), "wall_s": wall, "curve": curve,
+              "true_return_std": float(std_r), "wall_s": done["wall_s"], "curve": curve, "resumed": done["resumed"],
               "labels": len(model.preferences) if hasattr(model, "preferences") else 0, "params": params}
     Path(path).write_text(json.dumps(record))
+    shutil.rmtree(folder, ignore_errors=True)  # the record is written: the run is complete
     return record
 
 

@@ -42,7 +42,6 @@ import os
 import platform
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -237,35 +236,6 @@ def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
     return silent
 
 
-def _latest_checkpoint(folder: Path) -> Any:
-    """The newest readable checkpoint of an interrupted run in ``folder``, or ``None``."""
-    from agents.checkpoint import load_latest_checkpoint
-    from birl.serialization import CorruptFileError
-
-    if not folder.is_dir():
-        return None
-    try:
-        return load_latest_checkpoint(folder)
-    except FileNotFoundError:
-        return None
-    except CorruptFileError as err:
-        warnings.warn(f"{folder}: no readable checkpoint, the run starts over: {err}", RuntimeWarning, stacklevel=2)
-        return None
-
-
-def _suite_checkpoints(progress: Callable[[], Dict[str, Any]], save_freq: int, save_path: Path) -> Any:
-    """A :class:`~agents.checkpoint.BilevelCheckpointCallback` (newest checkpoint only, with the
-    replay buffer) whose metadata carries ``progress()``: the curve and timings so far."""
-    from agents.checkpoint import BilevelCheckpointCallback
-
-    class SuiteCheckpoints(BilevelCheckpointCallback):
-        def save(self) -> str:
-            self.metadata["bench"] = progress()
-            return super().save()
-
-    return SuiteCheckpoints(save_freq, save_path, keep=1, save_replay_buffer=True)
-
-
 def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> Dict[str, Any]:
     """Train one run; with ``checkpoints``, write a checkpoint after every evaluation to
     ``<log_folder>/checkpoints`` and continue from the newest one if a killed run left it."""
@@ -275,13 +245,13 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
     from rl_zoo3.utils import EnvironmentName
     from stable_baselines3.common.callbacks import EvalCallback
 
-    from agents.checkpoint import ResumeCallback
+    from agents.checkpoint import ProgressCheckpointCallback, ResumeCallback, find_checkpoint
     from agents.zoo import experiment_manager
 
     eval_freq = max(1, spec.steps // spec.evaluations)
     checkpoint_dir = log_folder / "checkpoints"
-    resume = _latest_checkpoint(checkpoint_dir) if checkpoints else None
-    before = resume.metadata.get("bench", {}) if resume is not None else {}
+    resume = find_checkpoint(checkpoint_dir) if checkpoints else None
+    before = resume.metadata.get("progress", {}) if resume is not None else {}
     with tempfile.TemporaryDirectory(prefix="birl_bench_") as tmp:
         manager = experiment_manager(
             spec.algo, spec.env_id, log_folder, n_timesteps=spec.steps, hyperparams=spec.overrides(), seed=spec.seed,
@@ -307,7 +277,7 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
     if resume is not None:  # first: it restores the counters the other callbacks read
         manager.callbacks.insert(0, ResumeCallback(resume))
     if checkpoints:  # a checkpoint right after each evaluation keeps a resumed run on the same grid
-        manager.callbacks.append(_suite_checkpoints(progress, eval_freq, checkpoint_dir))
+        manager.callbacks.append(ProgressCheckpointCallback(eval_freq, checkpoint_dir, progress, keep=1, save_replay_buffer=True))
     _quiet(manager.learn)(model)
     if model.num_timesteps < spec.steps:  # rl_zoo3's learn returns quietly on KeyboardInterrupt
         raise KeyboardInterrupt(f"{spec.name()} stopped at step {model.num_timesteps} of {spec.steps}"

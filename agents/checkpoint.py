@@ -52,7 +52,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from importlib import import_module
-from typing import Any, BinaryIO, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, BinaryIO, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch as th
@@ -568,6 +568,34 @@ class BilevelCheckpointCallback(BaseCallback):
             if name.startswith(_PREFIX) and name.endswith(_SIDECAR_SUFFIX) and name not in kept:
                 with contextlib.suppress(FileNotFoundError):
                     os.remove(os.path.join(self.save_path, name))
+
+
+class ProgressCheckpointCallback(BilevelCheckpointCallback):
+    """A :class:`BilevelCheckpointCallback` whose checkpoints also carry ``progress()`` (JSON:
+    e.g. a benchmark's learning curve and timings so far) under ``metadata["progress"]``, so that
+    a resumed run can continue them."""
+
+    def __init__(self, save_freq: int, save_path: PathLike, progress: Callable[[], Dict[str, Any]], **kwargs: Any) -> None:
+        super().__init__(save_freq, save_path, **kwargs)
+        self.progress = progress
+
+    def save(self) -> str:
+        self.metadata["progress"] = self.progress()
+        return super().save()
+
+
+def find_checkpoint(folder: PathLike) -> Optional[Checkpoint]:
+    """The newest readable checkpoint in ``folder``; ``None`` if there is none (no folder, no
+    checkpoint, or only unreadable ones, with a warning: the caller starts over)."""
+    if not os.path.isdir(folder):
+        return None
+    try:
+        return load_latest_checkpoint(folder)
+    except FileNotFoundError:
+        return None
+    except CorruptFileError as err:
+        warnings.warn(f"{os.fspath(folder)}: no readable checkpoint, starting over: {err}", RuntimeWarning, stacklevel=2)
+        return None
 
 
 class ResumeCallback(BaseCallback):

@@ -1,7 +1,9 @@
 """The benchmark front end: every suite is wired to an argument parser and a run function."""
 
 import inspect
+import json
 from importlib import import_module
+from pathlib import Path
 
 import pytest
 
@@ -61,3 +63,32 @@ def test_model_based_table_has_a_row_per_msobirl_variant_and_steps_relative_to_s
     assert rows["| sobirl"][3] == "40" and rows["| sobirl"][4] == "1.00"
     assert rows["| msobirl"][3] == "30" and rows["| msobirl"][4] == "0.75"
     assert rows["| msobirl (hypergrad_coef=0.01)"][3] == "never" and rows["| msobirl (hypergrad_coef=0.01)"][4] == "n/a"
+
+
+@pytest.mark.parametrize("method", ["drlhf", "sac_true"])
+def test_model_based_run_killed_midway_continues_from_its_checkpoint(tmp_path, monkeypatch, method):
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    from agents import bench_model_based
+    from agents.checkpoint import list_checkpoints, load_checkpoint
+
+    class Kill(BaseCallback):
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= 250:
+                raise RuntimeError("killed")
+            return True
+
+    learn = SAC.learn
+    monkeypatch.setattr(SAC, "learn", lambda self, total, callback=None, **kw: learn(self, total, callback=[*callback, Kill()], **kw))
+    path = str(tmp_path / f"Pendulum-v1_{method}_seed0.json")
+    with pytest.raises(RuntimeError, match="killed"):
+        bench_model_based._run(method, "Pendulum-v1", 0, 600, 10, path, {})
+    [saved] = list_checkpoints(bench_model_based.checkpoint_folder(path))
+    assert load_checkpoint(saved).num_timesteps == 240  # every tenth of the 600 steps
+    monkeypatch.setattr(SAC, "learn", learn)
+
+    record = bench_model_based._run(method, "Pendulum-v1", 0, 600, 10, path, {})
+    # the resumed run starts a new 200-step episode at its checkpoint's step (240)
+    assert record["resumed"] == 1 and record["steps"] == 600 and [t for t, _ in record["curve"]] == [200, 440]
+    assert json.loads(Path(path).read_text()) == record and not bench_model_based.checkpoint_folder(path).exists()
