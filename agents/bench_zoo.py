@@ -28,7 +28,8 @@ and algorithm, the TRUE return of the last evaluation (IQM over seeds with a 95%
 bootstrap confidence interval from ``rliable``; without it, a plain percentile bootstrap of
 the IQM, 2,000 resamples), the normalised score ``(R - R_random) / (R_SAC - R_random)``,
 preference accuracy on the training labels and on fresh held-out pairs (vector observations),
-labels used, env steps, and wall time per env step as a ratio to SAC in the same env (time
+labels used, env steps, the first evaluation at which each run reaches a normalised 0.9,
+and wall time per env step as a ratio to SAC in the same env (time
 spent in evaluations excluded); ``<out>/curves_<suite>_<env>.png`` plots the TRUE evaluation
 return against env steps.
 """
@@ -48,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from agents.bench_model_based import steps_to_target
 from agents.reports import write_report
 
 REPO = Path(__file__).resolve().parent.parent
@@ -438,21 +440,24 @@ def env_table(records: List[Dict[str, Any]], env_id: str) -> str:
         "",
         f"R_random = {_fmt(r_random, '.1f')} (uniform random policy).",
         "",
-        "| algorithm | runs | TRUE return IQM [95% CI] | normalised score (mean) | pref. accuracy train / held-out | labels | env steps | time/step vs SAC |",
-        "|---|---|---|---|---|---|---|---|",
+        "| algorithm | runs | TRUE return IQM [95% CI] | normalised score (mean) | env steps to normalised 0.9 (per seed) "
+        "| pref. accuracy train / held-out | labels | env steps | time/step vs SAC |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for algo, rs in runs.items():
         if not rs:
             continue
         iqm, lo, hi = iqm_with_ci([r["final_return"] for r in rs])
-        normalised = None
+        normalised, reach = None, "-"
         if r_random is not None and r_sac is not None and r_sac > r_random:  # else the scale is meaningless
             normalised = float(np.mean([(r["final_return"] - r_random) / (r_sac - r_random) for r in rs]))
+            steps = [steps_to_target(list(zip(r["curve_steps"], r["curve_returns"])), r_random, r_sac, window=1) for r in rs]
+            reach = ", ".join("never" if t is None else str(t) for t in steps)
         step = float(np.mean([r["train_time_s"] / r["env_steps"] for r in rs]))
         accuracy = f"{_fmt(_mean_of(rs, 'train_pref_accuracy'))} / {_fmt(_mean_of(rs, 'heldout_pref_accuracy'))}"
         ratio = f"{step / sac_step:.2f}" if sac_step else "-"
         lines.append(
-            f"| {algo} | {len(rs)} | {iqm:.1f} [{lo:.1f}, {hi:.1f}] | {_fmt(normalised, '.2f')} | {accuracy} | "
+            f"| {algo} | {len(rs)} | {iqm:.1f} [{lo:.1f}, {hi:.1f}] | {_fmt(normalised, '.2f')} | {reach} | {accuracy} | "
             f"{_fmt(_mean_of(rs, 'labels'), '.0f')} | {_fmt(_mean_of(rs, 'env_steps'), '.0f')} | {ratio} ({1000 * step:.1f} ms) |"
         )
     return "\n".join(lines)
@@ -501,7 +506,8 @@ def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: 
         "",
         "TRUE return: the env's own reward in the last evaluation (rl_zoo3's EvalCallback). IQM over seeds "
         f"with a 95% confidence interval ({ci_method()}). Normalised score: (R - R_random) / (R_SAC - R_random), "
-        "shown only where SAC beats the random policy. "
+        "shown only where SAC beats the random policy (R_SAC: SAC's mean final return). Env steps to normalised 0.9: "
+        "the first evaluation at which a run's score reaches 0.9 (the sample-efficiency target of M-SoBiRL). "
         "Preference accuracy: agreement of the learned reward with the training labels, and with fresh "
         "pairs of the final policy's rollouts labelled on the TRUE reward (vector observations only). "
         "Time per step excludes evaluations.",

@@ -325,3 +325,17 @@ def test_benchmark_run_stopped_by_keyboard_interrupt_is_not_a_finished_run(tmp_p
     monkeypatch.setattr(SAC, "learn", interrupted)
     with pytest.raises(KeyboardInterrupt, match="stopped at step 30 of 40; rerun to continue"):
         bench_zoo._train_record(spec, tmp_path / spec.name())
+
+
+def test_suite_table_gives_env_steps_to_a_normalised_09_per_seed():
+    from agents import bench_zoo
+
+    def rec(algo, seed, returns):
+        return dict(env_id="E", algo=algo, seed=seed, final_return=returns[-1], curve_steps=[10, 20, 30][: len(returns)],
+                    curve_returns=returns, train_time_s=1.0, env_steps=30, labels=5 if algo != "sac" else 0)
+
+    # R_random = 0 and R_SAC = 100 (mean final return of SAC): the target is a return of 90
+    records = [dict(env_id="E", algo="random", seed=0, final_return=0.0), rec("sac", 0, [50, 80, 100]), rec("sac", 1, [95, 90, 100]),
+               rec("sobirl", 0, [10, 91, 95]), rec("sobirl", 1, [10, 20, 30])]
+    rows = {line.split(" | ")[0]: line.split(" | ") for line in bench_zoo.env_table(records, "E").splitlines() if line.startswith("| ")}
+    assert rows["| sac"][4] == "30, 10" and rows["| sobirl"][4] == "20, never"
