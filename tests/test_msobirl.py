@@ -123,6 +123,14 @@ def test_pendulum_smoke_save_load_logging(tmp_path):
     for a, b in zip(agent.dynamics.state_dict().values(), loaded.dynamics.state_dict().values()):
         assert th.equal(a, b)
     assert loaded.estimator == "model" and loaded.dynamics.config == agent.dynamics.config
+    # the model buffer is not saved: with the real data back, the next update refills it at once,
+    # even though the last generation (before the save) is more recent than model_rollout_freq
+    agent.save_replay_buffer(tmp_path / "buffer")
+    loaded.load_replay_buffer(tmp_path / "buffer")
+    loaded._last_model_rollout = loaded.num_timesteps
+    assert loaded.model_buffer.size() == 0
+    loaded.learn(1, reset_num_timesteps=False)
+    assert loaded.model_buffer.size() > 0
     loaded.learn(100, reset_num_timesteps=False)
 
 
