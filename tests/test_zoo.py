@@ -252,7 +252,13 @@ def test_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert "3 of 3 runs already done; running 0" in capsys.readouterr().out
 
 
-def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, monkeypatch):
+SMALL_MSOBIRL = {"gradient_steps": "1", "rollout_batch_size": "20", "model_train_freq": "10", "model_rollout_freq": "10",
+                 "rollout_schedule": "[0, 10, 1, 2]", "dynamics_kwargs": '{"hidden": [16], "n_members": 2, "n_elites": 1}',
+                 "model_fit_kwargs": '{"max_epochs": 2}', "branch_steps": "1"}  # JSON values, as RunSpec stores them
+
+
+@pytest.mark.parametrize("algo", ["sobirl", "msobirl"])
+def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, monkeypatch, algo):
     """A run that dies after its second evaluation resumes there: one curve, the full budget."""
     from stable_baselines3.common.callbacks import BaseCallback
 
@@ -260,11 +266,10 @@ def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, mon
     from agents import bench_zoo
     from agents.checkpoint import list_checkpoints, load_checkpoint
 
-    spec = bench_zoo.RunSpec(
-        suite="mujoco", env_id="Pendulum-v1", algo="sobirl", seed=0, steps=60, queries=4, evaluations=3, eval_episodes=1,
-        hyperparams=tuple((k, v) for k, v in {"learning_starts": "10", "outer_freq": "10", "segment_length": "5",
-                                               "reward_steps": "1", "batch_size": "8"}.items()),
-    )  # fmt: skip
+    small = {"learning_starts": "10", "outer_freq": "10", "segment_length": "5", "reward_steps": "1", "batch_size": "8",
+             **(SMALL_MSOBIRL if algo == "msobirl" else {})}
+    spec = bench_zoo.RunSpec(suite="mujoco", env_id="Pendulum-v1", algo=algo, seed=0, steps=60, queries=4, evaluations=3,
+                             eval_episodes=1, hyperparams=tuple(small.items()))
     folder = tmp_path / spec.name()
 
     class Kill(BaseCallback):
