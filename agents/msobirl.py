@@ -324,9 +324,9 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         enough = self._n_real() >= max(batch_size, 10)  # after a load the replay buffer starts empty
         if enough and (self._last_model_fit < 0 or self.num_timesteps - self._last_model_fit >= self.model_train_freq):
             self.fit_dynamics()
-        # an empty model buffer (after a load or a resumed checkpoint: it is not saved) is refilled at once
-        due = (self._last_model_rollout < 0 or self.model_buffer.size() == 0
-               or self.num_timesteps - self._last_model_rollout >= self.model_rollout_freq)
+        # an empty model buffer (at the start, or after a load or a resumed checkpoint: it is not
+        # saved) is filled at once
+        due = self.model_buffer.size() == 0 or self.num_timesteps - self._last_model_rollout >= self.model_rollout_freq
         if enough and self._last_model_fit >= 0 and due:
             self.generate_model_rollouts()
         self._branch_cache = None
