@@ -36,10 +36,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from agents.bench_pendulum import params_tag, parse_params
-from agents.reports import write_report
+from agents.reports import steps_to_target, write_report
 
 METHODS = ("sac_true", "msobirl", "sobirl", "drlhf")
-TARGET = 0.9
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,12 +105,12 @@ def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: st
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.monitor import Monitor
 
-    from agents.checkpoint import ProgressCheckpointCallback, ResumeCallback, find_checkpoint
+    from agents.checkpoint import ProgressCheckpointCallback, ResumeCallback, find_checkpoint, stored_progress
 
     th.set_num_threads(1)
     folder = checkpoint_folder(path)
     resume = find_checkpoint(folder)
-    before = resume.metadata.get("progress", {}) if resume is not None else {}
+    before = stored_progress(resume)
     model = resume.load_agent(env=gym.make(env_id)) if resume is not None else _make_agent(method, env_id, seed, queries, params)
     curve: List = list(before.get("curve", []))
 
@@ -122,7 +121,7 @@ def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: st
 
     start = time.perf_counter()
     progress = lambda: {"curve": list(curve), "wall_s": before.get("wall_s", 0.0) + time.perf_counter() - start,  # noqa: E731
-                        "resumed": before.get("resumed", -1) + 1}
+                        "resumed": before["resumed"]}
     callbacks = [ResumeCallback(resume)] if resume is not None else []
     callbacks += [ConvertCallback(record), ProgressCheckpointCallback(max(1, steps // 10), folder, progress, keep=1, save_replay_buffer=True)]
     model.learn(steps, callback=callbacks)
@@ -157,18 +156,6 @@ def random_return(env_id: str, n_episodes: int = 20, seed: int = 0) -> float:
     env.action_space.seed(seed)
     mean, _ = evaluate_policy(_UniformPolicy(env.action_space), env, n_eval_episodes=n_episodes)
     return float(mean)
-
-
-def steps_to_target(curve: List, r_random: float, r_sac: float, target: float = TARGET, window: int = 3) -> Optional[int]:
-    """First env step at which the mean of the last ``window`` TRUE training returns reaches the
-    normalised ``target``; ``None`` if never."""
-    if not curve:
-        return None
-    t, y = np.array(curve).T
-    for i in range(window - 1, len(y)):
-        if (y[i - window + 1 : i + 1].mean() - r_random) / (r_sac - r_random) >= target:
-            return int(t[i])
-    return None
 
 
 def steps_ratio(reach: Optional[int], reference: Optional[int]) -> str:

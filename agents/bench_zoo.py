@@ -49,8 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from agents.bench_model_based import steps_to_target
-from agents.reports import write_report
+from agents.reports import steps_to_target, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ALGOS = ("sobirl", "drlhf", "sac")
@@ -247,13 +246,13 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
     from rl_zoo3.utils import EnvironmentName
     from stable_baselines3.common.callbacks import EvalCallback
 
-    from agents.checkpoint import ProgressCheckpointCallback, ResumeCallback, find_checkpoint
+    from agents.checkpoint import ProgressCheckpointCallback, ResumeCallback, find_checkpoint, stored_progress
     from agents.zoo import experiment_manager
 
     eval_freq = max(1, spec.steps // spec.evaluations)
     checkpoint_dir = log_folder / "checkpoints"
     resume = find_checkpoint(checkpoint_dir) if checkpoints else None
-    before = resume.metadata.get("progress", {}) if resume is not None else {}
+    before = stored_progress(resume)
     with tempfile.TemporaryDirectory(prefix="birl_bench_") as tmp:
         manager = experiment_manager(
             spec.algo, spec.env_id, log_folder, n_timesteps=spec.steps, hyperparams=spec.overrides(), seed=spec.seed,
@@ -273,7 +272,7 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
             "curve_returns": before.get("curve_returns", []) + [float(np.mean(r)) for r in evaluator.evaluations_results],
             "train_time_s": before.get("train_time_s", 0.0) + time.perf_counter() - start - evaluation.seconds,
             "eval_time_s": before.get("eval_time_s", 0.0) + evaluation.seconds,
-            "resumed": before.get("resumed", -1) + 1,
+            "resumed": before["resumed"],
         }
 
     if resume is not None:  # first: it restores the counters the other callbacks read

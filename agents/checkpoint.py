@@ -584,6 +584,13 @@ class ProgressCheckpointCallback(BilevelCheckpointCallback):
         return super().save()
 
 
+def stored_progress(checkpoint: Optional[Checkpoint]) -> Dict[str, Any]:
+    """What a :class:`ProgressCheckpointCallback` stored in ``checkpoint`` (``{}`` without one),
+    with ``"resumed"``: how many times the run has been resumed, this time included."""
+    before = checkpoint.metadata.get("progress", {}) if checkpoint is not None else {}
+    return {**before, "resumed": before.get("resumed", -1) + 1}
+
+
 def find_checkpoint(folder: PathLike) -> Optional[Checkpoint]:
     """The newest readable checkpoint in ``folder``; ``None`` if there is none (no folder, no
     checkpoint, or only unreadable ones, with a warning: the caller starts over)."""
