@@ -125,7 +125,8 @@ def add_arguments(parser: argparse.ArgumentParser, suite: Suite) -> None:
     parser.add_argument("--eval-episodes", type=int, default=suite.eval_episodes, help="episodes per evaluation")
     parser.add_argument(
         "-params", "--hyperparams", type=str, nargs="+", action=StoreDict, default={},
-        help="hyperparameter overrides for every run, rl_zoo3 syntax (key:value); bilevel-only keys are not given to SAC",
+        help="hyperparameter overrides for every run, rl_zoo3 syntax (key:value); bilevel-only keys are not given to SAC; "
+        "bilevel runs get absorbing_states:True unless it is given",
     )
     parser.add_argument("--backend", choices=("auto", "ray", "processes"), default="auto", help="auto: Ray when installed")
     parser.add_argument("--address", default=None, help="Ray cluster to join (auto or HOST:PORT; default: a local instance)")
@@ -163,17 +164,24 @@ def plan(suite: str, args: argparse.Namespace) -> List[RunSpec]:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.steps < args.evaluations:
         raise ValueError(f"--steps ({args.steps}) must be at least --evaluations ({args.evaluations})")
-    params = tuple(sorted((k, json.dumps(v)) for k, v in (args.hyperparams or {}).items()))
-    common = dict(suite=suite, steps=args.steps, evaluations=args.evaluations, eval_episodes=args.eval_episodes, hyperparams=params)
+    given = dict(args.hyperparams or {})
+    params = tuple(sorted((k, json.dumps(v)) for k, v in given.items()))
+    # bilevel runs name absorbing_states in their identity: records made before the option existed
+    # (fragments inside episodes) are then never mistaken for runs with absorbing states
+    bilevel_params = tuple(sorted((k, json.dumps(v)) for k, v in {"absorbing_states": True, **given}.items()))
+    common = dict(suite=suite, steps=args.steps, evaluations=args.evaluations, eval_episodes=args.eval_episodes)
     specs = []
     for env_id in _split(args.envs, "--envs"):
-        specs.append(RunSpec(env_id=env_id, algo=RANDOM, seed=0, queries=0, **common))
+        specs.append(RunSpec(env_id=env_id, algo=RANDOM, seed=0, queries=0, hyperparams=params, **common))
         algos = _split(args.algos, "--algos", ALGOS)
         if suite == "atari" and "msobirl" in algos:
             raise ValueError("--algos: msobirl learns dynamics of flat vector observations; it does not run on Atari")
         # seed-major order: an interrupted suite still has comparable (algo, seed) sets
-        specs += [RunSpec(env_id=env_id, algo=algo, seed=s, queries=args.queries if algo != "sac" else 0, **common)
-                  for s in range(args.seeds) for algo in algos]
+        specs += [
+            RunSpec(env_id=env_id, algo=algo, seed=s, queries=0, hyperparams=params, **common) if algo == "sac" else
+            RunSpec(env_id=env_id, algo=algo, seed=s, queries=args.queries, hyperparams=bilevel_params, **common)
+            for s in range(args.seeds) for algo in algos
+        ]  # fmt: skip
     return specs
 
 

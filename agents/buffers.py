@@ -41,15 +41,19 @@ class BilevelReplayBuffer(ReplayBuffer):
     def window(self, idx: np.ndarray) -> Dict[str, np.ndarray]:
         """Rows ``idx`` (time-ordered) as arrays ``[T, n_envs, ...]`` for segment sampling.
 
-        ``dones`` mark every episode end (termination or truncation), so fragments never cross
-        episodes; ``acts`` are as stored (scaled to [-1, 1] for ``Box`` under SAC).
+        ``dones`` mark every episode end (termination or truncation), ``terminations`` the ends
+        by termination only (what absorbing-state fragments may run past); ``acts`` are as stored
+        (scaled to [-1, 1] for ``Box`` under SAC).
         """
+        dones = self.dones[idx]
+        timeouts = self.timeouts[idx] if self.handle_timeout_termination else np.zeros_like(dones)
         return {
             "obs": self.observations[idx],
             "next_obs": self._next_obs(idx),
             "acts": self.actions[idx],
             "true_rewards": self.true_rewards[idx],
-            "dones": self.dones[idx],
+            "dones": dones,
+            "terminations": (dones > 0) & ~(timeouts > 0),
         }
 
     def relabel(self, reward_model: th.nn.Module, to_env_actions: Callable[[np.ndarray], np.ndarray], batch_size: int = 8192) -> None:

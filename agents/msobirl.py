@@ -388,11 +388,12 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
                 # segments carry env-unit actions; the model rollouts take buffer-format ones
                 act = th.as_tensor(self._buffer_actions(seg.acts[:, steps].reshape((-1,) + seg.acts.shape[2:])),
                                    device=self.device).float()
-                parts.append((n, len(steps), h / len(steps), *self._branch_rollouts(obs, act)))
+                alive = self._alive(seg)[:, steps]  # absorbing steps: advantage 0
+                parts.append((n, len(steps), h / len(steps), alive, *self._branch_rollouts(obs, act)))
             self._branch_cache = (key, parts)
         total = 0.0
-        for n, k, weight, q, v in self._branch_cache[1]:
-            total = total + weight * self._model_advantage(q, v, n * k).reshape(n, k).sum(1)
+        for n, k, weight, alive, q, v in self._branch_cache[1]:
+            total = total + weight * (self._model_advantage(q, v, n * k).reshape(n, k) * alive).sum(1)
         return total / self._tau()
 
     def _one_step_advantage(self, obs, act, nxt, reward_fn=None) -> th.Tensor:

@@ -40,6 +40,7 @@ def heldout_preference_accuracy(
     default ``(0.0,)`` pairs fragments of the trained policy alone: once it is good they have
     near-equal true returns, a hard set.  :data:`MIXED_NOISE` spans good to random behaviour,
     the range a reward model must rank (and the range training queries came from).
+    Fragments run past terminations into the absorbing state when the agent's own do.
     """
     rng = np.random.default_rng(seed)
     env = gym.make(env_id)
@@ -55,7 +56,7 @@ def heldout_preference_accuracy(
             return model.predict(obs, deterministic=False)[0]
 
         rollouts = Demonstrations.collect(act, env, n_episodes=5, seed=seed + 1000 * k)
-        batches.append(rollouts.sample_segments(horizon, 2 * n_pairs, rng=rng, replace=True))
+        batches.append(rollouts.sample_segments(horizon, 2 * n_pairs, rng=rng, replace=True, absorbing=getattr(model, "absorbing_states", False)))
     segs = SegmentBatch.concatenate(batches)
     order = rng.permutation(len(segs))[: 2 * n_pairs]
     s1, s2 = segs[order[:n_pairs]], segs[order[n_pairs:]]

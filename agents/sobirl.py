@@ -142,6 +142,8 @@ class BilevelMixin:
     """The outer level shared by the continuous and discrete agents (see module docstring)."""
 
     default_estimator: ClassVar[str] = "successor"
+    #: agents saved before the option existed load with fragments inside episodes, as they were trained
+    absorbing_states: bool = False
     #: estimators this class accepts; subclasses add theirs (M-SoBiRL adds ``"model"``, which
     #: takes the one-step surrogate's place through ``_myopic_directions``/``_one_step_advantage``)
     estimators: ClassVar[Tuple[str, ...]] = ESTIMATORS
@@ -175,6 +177,7 @@ class BilevelMixin:
         branch_rollouts: int,
         max_nonfinite_steps: int = 5,
         pref_weight: float = 1.0,
+        absorbing_states: bool = True,
     ) -> None:
         feedback = _check_feedback(feedback)
         estimator = self.default_estimator if estimator is None else estimator
@@ -212,8 +215,11 @@ class BilevelMixin:
             raise ValueError(f"query_schedule must be 'budgeted', 'front_loaded' or a QuerySchedule, got {query_schedule!r}")
         if query_selection not in ("uniform", "disagreement", "entropy"):
             raise ValueError(f"query_selection must be 'uniform', 'disagreement' or 'entropy', got {query_selection!r}")
+        if not isinstance(absorbing_states, (bool, np.bool_)):
+            raise TypeError(f"absorbing_states must be a bool, got {absorbing_states!r}")
         self.feedback = feedback
         self.pref_weight = float(pref_weight)
+        self.absorbing_states = bool(absorbing_states)
         self.estimator = estimator
         self.n_queries, self.query_schedule, self.query_selection = int(n_queries), query_schedule, query_selection
         self.n_candidates, self.segment_length, self.outer_freq = int(n_candidates), int(segment_length), int(outer_freq)
@@ -454,6 +460,7 @@ class BilevelMixin:
             segs = sample_segments_from_buffer(
                 win["obs"], win["acts"], win["true_rewards"], win["dones"], horizon=self.segment_length,
                 n=2 * m, rng=self._outer_rng, next_obs=win["next_obs"], replace=True,
+                terminations=win["terminations"] if self.absorbing_states else None,
             )
         except ValueError:  # no full-length fragment yet (episodes shorter than segment_length so far)
             return None
@@ -489,16 +496,22 @@ class BilevelMixin:
             with th.no_grad():
                 sample, probs = self._policy_tools(obs)
                 adv = self.successor.advantage(obs, act, sample, probs, self.n_action_samples)
-            total = total + adv.reshape(n, h, -1).sum(1)
+            total = total + (adv.reshape(n, h, -1) * self._alive(seg)[..., None]).sum(1)
         return total / self._tau()
+
+    def _alive(self, seg: SegmentBatch) -> th.Tensor:
+        """``[N, H]`` 1 on real steps, 0 on absorbing ones: an absorbing state has one action, so its
+        soft advantage ``Q - V`` (and each of its terms) is 0."""
+        return th.as_tensor(seg.alive, dtype=th.float32, device=self.device)
 
     def _branch_directions(self, batches: Sequence[SegmentBatch]) -> th.Tensor:
         """``branch`` (agents.branching): ``(1/tau) sum_i sum_h [grad_w Q - grad_w V](s_h, a_h)`` ``[N, k]``
         from fresh rollouts restarted at ``branch_states`` visited pairs drawn uniformly (reweighted)."""
         n, h = batches[0].acts.shape[:2]
-        total = n * len(batches) * h
-        chosen = self._outer_rng.choice(total, size=min(self.branch_states, total), replace=False)
-        weight = total / (chosen.size * self.branch_rollouts)
+        # real steps only (absorbing ones contribute 0), flat index (m, batch, step) as below
+        real = np.flatnonzero(np.stack([seg.alive for seg in batches], 1).reshape(-1))
+        chosen = self._outer_rng.choice(real, size=min(self.branch_states, real.size), replace=False)
+        weight = real.size / (chosen.size * self.branch_rollouts)
         out = th.zeros(n, self.reward_model.feature_dim, device=self.device)
         current = self._snapshots.current()
         discrete = isinstance(self.action_space, spaces.Discrete)
@@ -541,7 +554,7 @@ class BilevelMixin:
         for seg in batches:
             n, h = seg.acts.shape[:2]
             obs, act, nxt = self._segment_inputs(seg)
-            total = total + (self.reward_model(obs, act, nxt) - self._expected_reward(obs, nxt)).reshape(n, h).sum(1)
+            total = total + ((self.reward_model(obs, act, nxt) - self._expected_reward(obs, nxt)).reshape(n, h) * self._alive(seg)).sum(1)
         return total / self._tau()
 
     def _expected_reward(self, obs: th.Tensor, next_obs: Optional[th.Tensor], reward_fn=None) -> th.Tensor:
@@ -830,6 +843,7 @@ _BILEVEL_DEFAULTS = dict(
     branch_rollouts=1,
     max_nonfinite_steps=5,
     pref_weight=1.0,
+    absorbing_states=True,
 )
 
 
@@ -882,6 +896,12 @@ class SoBiRL(BilevelMixin, SAC):
             The ML-IRL term's gradient carries a factor ``1/tau``, so with a small entropy
             coefficient it dominates at ``lambda = 1``; on Pendulum-v1 ``lambda = 10`` balanced
             the two (``benchmark/joint.md``).
+        absorbing_states: preference fragments may run past a termination into an absorbing
+            state of reward 0 (DAC, Kostrikov et al. 2019; :mod:`birl.feedback.segments`), so the
+            reward model learns whether ending an episode is good or bad (``True``, the default;
+            no effect on envs that never terminate).  ``False`` keeps fragments inside episodes,
+            where a Bradley-Terry reward is only known up to a constant and that constant alone
+            decides whether the learner seeks or avoids termination.
         **kwargs: every other argument of :class:`stable_baselines3.SAC`.
 
     An unseeded :class:`birl.feedback.SyntheticTeacher` is seeded with the agent's ``seed``, so

@@ -252,6 +252,26 @@ def test_benchmark_end_to_end_and_resume(tmp_path, capsys):
     assert "3 of 3 runs already done; running 0" in capsys.readouterr().out
 
 
+def test_benchmark_plan_names_absorbing_states_for_bilevel_runs():
+    """Bilevel records made before absorbing states existed must not be reused: the setting is
+    part of their identity (a user's value wins); SAC and random runs keep theirs."""
+    import argparse
+
+    from agents import bench_zoo
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    plan = lambda *extra: {s.algo: s for s in bench_zoo.plan("mujoco", parser.parse_args(["--seeds", "1", "--algos", "sobirl,sac", *extra]))}  # noqa: E731
+    specs = plan()
+    assert dict(specs["sobirl"].hyperparams) == {"absorbing_states": "true"}
+    assert specs["sobirl"].overrides()["absorbing_states"] is True
+    assert specs["sac"].hyperparams == specs["random"].hyperparams == ()
+    assert plan("-params", "absorbing_states:False")["sobirl"].overrides()["absorbing_states"] is False
+    mixed = plan("-params", "batch_size:16")
+    assert dict(mixed["sobirl"].hyperparams) == {"absorbing_states": "true", "batch_size": "16"}
+    assert dict(mixed["sac"].hyperparams) == {"batch_size": "16"}
+
+
 SMALL_MSOBIRL = {"gradient_steps": "1", "rollout_batch_size": "20", "model_train_freq": "10", "model_rollout_freq": "10",
                  "rollout_schedule": "[0, 10, 1, 2]", "dynamics_kwargs": '{"hidden": [16], "n_members": 2, "n_elites": 1}',
                  "model_fit_kwargs": '{"max_epochs": 2}', "branch_steps": "1"}  # JSON values, as RunSpec stores them

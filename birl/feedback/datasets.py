@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from birl.feedback.segments import (
+    SEGMENT_FIELDS,
     Segment,
     SegmentBatch,
     Trajectory,
@@ -28,7 +29,6 @@ __all__ = ["PreferenceDataset", "Demonstrations"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 SegmentsLike = Union[Segment, SegmentBatch, Sequence[Segment]]
-_SIDE_FIELDS = ("obs", "acts", "true_rewards", "next_obs", "env_ids", "episode_ids", "starts")
 _VALID_LABELS = (0.0, 0.5, 1.0)
 
 
@@ -93,7 +93,7 @@ class PreferenceDataset:
 
     @staticmethod
     def _side(b: SegmentBatch, side: str) -> Dict[str, np.ndarray]:
-        out = {f"{f}{side}": getattr(b, f) for f in _SIDE_FIELDS if getattr(b, f) is not None}
+        out = {f"{f}{side}": getattr(b, f) for f in SEGMENT_FIELDS if getattr(b, f) is not None}
         out[f"true_rewards{side}"] = out[f"true_rewards{side}"].astype(np.float64)
         return out
 
@@ -106,8 +106,9 @@ class PreferenceDataset:
                 raise ValueError(f"seg1.{f} has per-pair shape {s1.shape[1:]} but seg2.{f} has {s2.shape[1:]}")
             if s1.dtype != s2.dtype:
                 raise ValueError(f"seg1.{f} has dtype {s1.dtype} but seg2.{f} has {s2.dtype}")
-        if (b1.next_obs is None) != (b2.next_obs is None):
-            raise ValueError("seg1 and seg2 must both carry next_obs or both not")
+        for f in ("next_obs", "absorbing"):
+            if (getattr(b1, f) is None) != (getattr(b2, f) is None):
+                raise ValueError(f"seg1 and seg2 must both carry {f} or both not")
 
     def _check_schema(self, new: Dict[str, np.ndarray]) -> None:
         if not self._data:
@@ -210,7 +211,7 @@ class PreferenceDataset:
         return self._data["labels"][self._order()] if self._data else np.zeros(0, np.float32)
 
     def _batch(self, rows: np.ndarray, side: str) -> SegmentBatch:
-        return SegmentBatch(**{f: (self._data[f + side][rows] if f + side in self._data else None) for f in _SIDE_FIELDS})
+        return SegmentBatch(**{f: (self._data[f + side][rows] if f + side in self._data else None) for f in SEGMENT_FIELDS})
 
     def __getitem__(self, idx: Any) -> Tuple[SegmentBatch, SegmentBatch, np.ndarray]:
         """``(seg1, seg2, labels)`` for an int, slice, index array or mask (logical order)."""
@@ -349,9 +350,12 @@ class Demonstrations:
             "episode_ids": np.concatenate([np.full(len(t), i, np.int64) for i, t in enumerate(ts)]),
         }
 
-    def sample_segments(self, horizon: int, n: int, rng: Union[np.random.Generator, int, None] = None, replace: bool = False) -> SegmentBatch:
-        """Fragments of the demonstrations (see :func:`sample_segments_from_rollouts`)."""
-        return sample_segments_from_rollouts(self.trajectories, horizon=horizon, n=n, rng=rng, replace=replace)
+    def sample_segments(
+        self, horizon: int, n: int, rng: Union[np.random.Generator, int, None] = None, replace: bool = False, absorbing: bool = False
+    ) -> SegmentBatch:
+        """Fragments of the demonstrations (see :func:`sample_segments_from_rollouts`; ``absorbing``:
+        fragments may run past a termination into the absorbing state)."""
+        return sample_segments_from_rollouts(self.trajectories, horizon=horizon, n=n, rng=rng, replace=replace, absorbing=absorbing)
 
     @classmethod
     def collect(

@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import numpy as np
 
 from birl.feedback.datasets import PreferenceDataset
-from birl.feedback.segments import Segment, SegmentBatch, as_batch
+from birl.feedback.segments import SEGMENT_FIELDS, Segment, SegmentBatch, as_batch
 from birl.serialization import _NPZ_META_KEY, FORMAT_VERSION, CorruptFileError, atomic_open, load_npz
 
 try:  # advisory locks between processes (POSIX); threads are serialised by a Lock either way
@@ -57,7 +57,6 @@ Renderer = Callable[[np.ndarray], np.ndarray]
 #: answer name -> stored label (``None``: skipped, answered but not kept)
 CHOICES: Dict[str, Optional[float]] = {"left": 1.0, "right": 0.0, "equal": 0.5, "skip": None}
 _QUERY_ID = re.compile(r"^[0-9a-f]{1,32}(-[0-9a-f]{1,32})*$")
-_SIDE_FIELDS = ("obs", "acts", "true_rewards", "next_obs", "env_ids", "episode_ids", "starts")
 
 
 class AnswerConflictError(ValueError):
@@ -172,7 +171,7 @@ class LabelStore:
         query_id = f"{time.time_ns():x}-{uuid.uuid4().hex[:8]}"
         arrays = {"frames1": frames1, "frames2": frames2}
         for side, b in (("1", b1), ("2", b2)):
-            arrays.update({f + side: getattr(b, f) for f in _SIDE_FIELDS if getattr(b, f) is not None})
+            arrays.update({f + side: getattr(b, f) for f in SEGMENT_FIELDS if getattr(b, f) is not None})
         meta = {"format_version": FORMAT_VERSION, "kind": "HumanQuery", "query_id": query_id, "created": time.time()}
         arrays[_NPZ_META_KEY] = np.array(json.dumps(meta, sort_keys=True))
         with atomic_open(self._query_path(query_id), "wb") as f:  # compressed: frames shrink a lot
@@ -200,7 +199,7 @@ class LabelStore:
             raise CorruptFileError(f"{path!r} holds a {meta.get('kind')!r}, not a HumanQuery")
 
         def side(s: str) -> SegmentBatch:
-            return SegmentBatch(**{f: arrays.get(f + s) for f in _SIDE_FIELDS})
+            return SegmentBatch(**{f: arrays.get(f + s) for f in SEGMENT_FIELDS})
 
         return HumanQuery(query_id, side("1"), side("2"), arrays["frames1"], arrays["frames2"], float(meta["created"]))
 
@@ -357,13 +356,17 @@ class HumanTeacher:
         if self.renderer is None:
             both = np.concatenate([b1.obs[i].reshape(b1.horizon, -1), b2.obs[i].reshape(b2.horizon, -1)])
             scale = np.abs(both.astype(np.float64)).max(0)
-            return observation_frames(b1.obs[i], scale), observation_frames(b2.obs[i], scale)
-        out = []
-        for b in (b1, b2):
-            try:
-                out.append(_check_frames(self.renderer(b.obs[i]), b.horizon, "renderer(obs)"))
-            except ValueError as err:
-                raise ValueError(f"renderer {self.renderer!r} returned bad frames: {err}") from err
+            out = [observation_frames(b1.obs[i], scale), observation_frames(b2.obs[i], scale)]
+        else:
+            out = []
+            for b in (b1, b2):
+                try:
+                    out.append(_check_frames(self.renderer(b.obs[i]), b.horizon, "renderer(obs)"))
+                except ValueError as err:
+                    raise ValueError(f"renderer {self.renderer!r} returned bad frames: {err}") from err
+        for k, b in enumerate((b1, b2)):
+            if b.absorbing is not None:  # after the episode ended: the last frame, greyed out
+                out[k] = np.where(b.absorbing[i][:, None, None, None], out[k] // 3 + 128, out[k]).astype(np.uint8)
         return out[0], out[1]
 
     def label(self, seg1: SegmentsLike, seg2: SegmentsLike) -> Tuple[np.ndarray, np.ndarray]:

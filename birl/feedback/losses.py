@@ -48,9 +48,13 @@ def segment_returns(
     acts: Optional[TensorLike] = None,
     next_obs: Optional[TensorLike] = None,
     *,
+    absorbing: Optional[TensorLike] = None,
     per_member: bool = False,
 ) -> torch.Tensor:
     """Predicted returns ``R(d_i) = sum_h r(s_ih, a_ih[, s_i,h+1])`` of ``N`` segments.
+
+    Absorbing steps (after a termination; :mod:`birl.feedback.segments`) have reward 0, the DAC
+    normalisation ``r(absorbing) = 0`` (Kostrikov et al. 2019, section 4.2).
 
     Args:
         model: a reward model (``forward(obs [B, ...], act [B, ...], next_obs) -> [B]``).
@@ -58,12 +62,14 @@ def segment_returns(
             from it).
         acts: ``[N, H, *act_shape]``.
         next_obs: ``[N, H, *obs_shape]`` or ``None``.
+        absorbing: optional bool ``[N, H]`` (default: the batch's own mask, else no absorbing step).
         per_member: for a :class:`birl.reward_models.RewardEnsemble`, return ``[M, N]``
             member returns instead of the mean ``[N]``.
 
     Gradients flow to the model's parameters.
     """
     if isinstance(obs, SegmentBatch):
+        absorbing = obs.absorbing if absorbing is None else absorbing
         obs, acts, next_obs = obs.obs, obs.acts, obs.next_obs if next_obs is None else next_obs
     try:
         device = next(model.parameters()).device
@@ -83,12 +89,20 @@ def segment_returns(
             raise ValueError(f"next_obs must have the shape of obs {tuple(o.shape)}, got {tuple(nxt.shape)}")
         nxt = flat(nxt)
     args = (flat(o), None if a is None else flat(a), nxt)
+    alive = None
+    if absorbing is not None:
+        mask = _t(absorbing, "absorbing", device)
+        if tuple(mask.shape) != (n, h):
+            raise ValueError(f"absorbing must have shape ({n}, {h}), got {tuple(mask.shape)}")
+        alive = ~mask.bool()
     if per_member:
         if not hasattr(model, "members"):
             raise TypeError(f"per_member=True needs an ensemble with .members(), got {type(model).__name__}")
         r = model.members(*args)  # [M, N*H]
-        return r.reshape(r.shape[0], n, h).sum(-1)
-    return model(*args).reshape(n, h).sum(-1)
+        r = r.reshape(r.shape[0], n, h)
+    else:
+        r = model(*args).reshape(n, h)
+    return (r if alive is None else torch.where(alive, r, torch.zeros((), dtype=r.dtype, device=r.device))).sum(-1)
 
 
 def bradley_terry_nll(

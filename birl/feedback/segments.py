@@ -7,6 +7,17 @@ if a caller wants them along, go in the separate ``learned_rewards`` field, whic
 
 Sampling never crosses an episode boundary: a window ``[t, t + H)`` is valid when no transition
 before its last one ends an episode (the last one may).
+
+Absorbing states (Kostrikov et al. 2019, "Discriminator-Actor-Critic", section 4.2): pass the
+termination flags and a window may run past a *termination* (never a truncation); its steps after
+the termination are marked in ``absorbing`` and hold the terminal observation, a zero action and
+a zero true reward.  Reward models give absorbing steps reward 0 (:func:`birl.feedback.segment_returns`).
+That fixes the free constant of a Bradley-Terry reward: ``r + c`` explains equal-length
+preferences exactly as ``r`` does, but with terminations the constant decides whether ending an
+episode is good or bad.  With ``r(absorbing) = 0`` the value after a termination is 0, which is
+what an SB3 learner assumes at a terminal transition; DAC's learned ``r(absorbing)`` is the same
+model shifted by a constant, which no longer changes the optimal policy once every episode runs
+on forever in the absorbing state.
 """
 
 from __future__ import annotations
@@ -19,6 +30,7 @@ import numpy as np
 from birl._checks import nonempty_list_of
 
 __all__ = [
+    "SEGMENT_FIELDS",
     "Segment",
     "SegmentBatch",
     "Trajectory",
@@ -47,8 +59,30 @@ def _rng(rng: Union[np.random.Generator, int, None]) -> np.random.Generator:
     raise TypeError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
+#: the per-segment arrays of a :class:`SegmentBatch` that datasets and query files store
+SEGMENT_FIELDS = ("obs", "acts", "true_rewards", "next_obs", "absorbing", "env_ids", "episode_ids", "starts")
+
+
+def _check_absorbing(seg: Any, reward_shape: Tuple[int, ...]) -> None:
+    """Validate ``absorbing``: bool of the rewards' shape, a suffix of each segment, zero true reward."""
+    a = _arr(seg.absorbing, "absorbing")
+    if a.shape != reward_shape:
+        raise ValueError(f"absorbing must have shape {reward_shape}, got {a.shape}")
+    if a.dtype != bool:
+        if not np.isin(a, (0, 1)).all():
+            raise ValueError("absorbing must hold booleans (or 0/1)")
+        a = a.astype(bool)
+    if a[..., 0].any():
+        raise ValueError("absorbing: a segment must start in a real (non-absorbing) state")
+    if (a[..., :-1] & ~a[..., 1:]).any():
+        raise ValueError("absorbing: once a segment reaches the absorbing state it stays there (a real step follows an absorbing one)")
+    if (seg.true_rewards[a] != 0).any():
+        raise ValueError("absorbing steps must have true reward 0 (the episode has ended)")
+    seg.absorbing = a
+
+
 def _check_optional_fields(seg: Any, reward_shape: Tuple[int, ...]) -> None:
-    """Validate (and convert in place) ``next_obs`` and ``learned_rewards`` of a segment or batch."""
+    """Validate (and convert in place) ``next_obs``, ``learned_rewards`` and ``absorbing`` of a segment or batch."""
     if seg.next_obs is not None:
         seg.next_obs = _arr(seg.next_obs, "next_obs")
         if seg.next_obs.shape != seg.obs.shape:
@@ -57,6 +91,8 @@ def _check_optional_fields(seg: Any, reward_shape: Tuple[int, ...]) -> None:
         seg.learned_rewards = _arr(seg.learned_rewards, "learned_rewards").astype(np.float64, copy=False)
         if seg.learned_rewards.shape != reward_shape:
             raise ValueError(f"learned_rewards must have shape {reward_shape}, got {seg.learned_rewards.shape}")
+    if seg.absorbing is not None:
+        _check_absorbing(seg, reward_shape)
 
 
 @dataclass
@@ -69,6 +105,8 @@ class Segment:
         true_rewards: ``[H]`` environment rewards ``r(s_t, a_t)``: the teacher's ground truth.
         next_obs: ``[H, *obs_shape]`` observations ``s_{t+1}`` or ``None``.
         learned_rewards: optional ``[H]`` model predictions, carried for logging only.
+        absorbing: optional bool ``[H]``: steps after the episode terminated (module docstring);
+            ``None`` means every step is real.
         env_id: index of the (vectorised) environment the fragment came from.
         episode_id: episode index within its source (buffer / rollout list), ``-1`` if unknown.
         start: time step of ``obs[0]`` within its episode (or source array), ``-1`` if unknown.
@@ -79,6 +117,7 @@ class Segment:
     true_rewards: np.ndarray
     next_obs: Optional[np.ndarray] = None
     learned_rewards: Optional[np.ndarray] = None
+    absorbing: Optional[np.ndarray] = None
     env_id: int = 0
     episode_id: int = -1
     start: int = -1
@@ -111,7 +150,7 @@ class SegmentBatch:
     """``N`` segments of equal length ``H`` stacked on a leading axis.
 
     Attributes mirror :class:`Segment` with a leading ``N`` axis: ``obs [N, H, ...]``,
-    ``acts [N, H, ...]``, ``true_rewards [N, H]``, ``next_obs``/``learned_rewards`` optional,
+    ``acts [N, H, ...]``, ``true_rewards [N, H]``, ``next_obs``/``learned_rewards``/``absorbing`` optional,
     ``env_ids``, ``episode_ids``, ``starts`` of shape ``[N]`` (int64).
     """
 
@@ -120,6 +159,7 @@ class SegmentBatch:
     true_rewards: np.ndarray
     next_obs: Optional[np.ndarray] = None
     learned_rewards: Optional[np.ndarray] = None
+    absorbing: Optional[np.ndarray] = None
     env_ids: Optional[np.ndarray] = None
     episode_ids: Optional[np.ndarray] = None
     starts: Optional[np.ndarray] = None
@@ -155,6 +195,13 @@ class SegmentBatch:
         w = gamma ** np.arange(self.horizon - 1, -1, -1, dtype=np.float64)
         return self.true_rewards @ w
 
+    @property
+    def alive(self) -> np.ndarray:
+        """Float ``[N, H]`` mask: 1 on real steps, 0 on absorbing ones."""
+        if self.absorbing is None:
+            return np.ones(self.true_rewards.shape)
+        return (~self.absorbing).astype(np.float64)
+
     def __getitem__(self, idx: Any) -> Union[Segment, "SegmentBatch"]:
         """An int gives a :class:`Segment`; a slice, index array or mask a :class:`SegmentBatch`."""
         if isinstance(idx, (int, np.integer)):
@@ -163,6 +210,7 @@ class SegmentBatch:
                 self.obs[i], self.acts[i], self.true_rewards[i],
                 None if self.next_obs is None else self.next_obs[i],
                 None if self.learned_rewards is None else self.learned_rewards[i],
+                None if self.absorbing is None else self.absorbing[i],
                 int(self.env_ids[i]), int(self.episode_ids[i]), int(self.starts[i]),
             )  # fmt: skip
         pick = lambda a: None if a is None else a[idx]  # noqa: E731
@@ -182,11 +230,13 @@ class SegmentBatch:
 
         def opt(name: str) -> Optional[np.ndarray]:
             vals = [getattr(s, name) for s in segments]
+            if name == "absorbing":  # a segment without the mask has real steps only
+                vals = _fill_absorbing(vals, [s.true_rewards.shape for s in segments])
             return None if any(v is None for v in vals) else np.stack(vals)
 
         return cls(
             np.stack([s.obs for s in segments]), np.stack([s.acts for s in segments]),
-            np.stack([s.true_rewards for s in segments]), opt("next_obs"), opt("learned_rewards"),
+            np.stack([s.true_rewards for s in segments]), opt("next_obs"), opt("learned_rewards"), opt("absorbing"),
             np.array([s.env_id for s in segments]), np.array([s.episode_id for s in segments]),
             np.array([s.start for s in segments]),
         )  # fmt: skip
@@ -200,8 +250,17 @@ class SegmentBatch:
         out = {}
         for f in fields(cls):
             vals = [getattr(b, f.name) for b in batches]
+            if f.name == "absorbing":
+                vals = _fill_absorbing(vals, [b.true_rewards.shape for b in batches])
             out[f.name] = None if any(v is None for v in vals) else np.concatenate(vals)
         return cls(**out)
+
+
+def _fill_absorbing(masks: Sequence[Optional[np.ndarray]], shapes: Sequence[Tuple[int, ...]]) -> list:
+    """``absorbing`` masks to combine: unchanged when none has one, else ``None`` -> all real."""
+    if all(m is None for m in masks):
+        return list(masks)
+    return [np.zeros(shape, dtype=bool) if m is None else m for m, shape in zip(masks, shapes)]
 
 
 def as_batch(segments: Union[Segment, SegmentBatch, Sequence[Segment]], name: str = "segments") -> SegmentBatch:
@@ -255,18 +314,36 @@ class Trajectory:
 # --------------------------------------------------------------------------------------------
 
 
-def valid_window_starts(dones: np.ndarray, horizon: int) -> np.ndarray:
+def _next_end(dones: np.ndarray) -> np.ndarray:
+    """``[L, ...]``: index of the first done at or after each row (``L`` where none follows)."""
+    length = dones.shape[0]
+    idx = np.where(dones, np.arange(length).reshape((-1,) + (1,) * (dones.ndim - 1)), length)
+    return np.minimum.accumulate(idx[::-1], axis=0)[::-1]
+
+
+def valid_window_starts(dones: np.ndarray, horizon: int, terminations: Optional[np.ndarray] = None) -> np.ndarray:
     """Boolean ``[L]`` (or ``[L, n_envs]``) mask of starts ``t`` whose window ``[t, t+H)`` fits in
-    the array and has no episode end before its last transition."""
+    the array and has no episode end before its last transition.
+
+    With ``terminations`` (bool, the shape of ``dones``: the episode ended by termination, not
+    truncation), a window may also run past a termination: its remaining steps are absorbing
+    (module docstring), so it need not fit in the array.
+    """
     dones = np.asarray(dones, dtype=bool)
     length = dones.shape[0]
-    valid = np.zeros(dones.shape, dtype=bool)
-    if horizon > length:
-        return valid
-    # c[i] = number of dones in rows [0, i); dones inside [t, t+H-1) = c[t+H-1] - c[t]
-    c = np.concatenate([np.zeros((1,) + dones.shape[1:], dtype=np.int64), np.cumsum(dones, axis=0)])
-    t = np.arange(length - horizon + 1)
-    valid[: length - horizon + 1] = (c[t + horizon - 1] - c[t]) == 0
+    if length == 0:
+        return np.zeros(dones.shape, dtype=bool)
+    end = _next_end(dones)  # first episode end at or after t
+    t = np.arange(length).reshape((-1,) + (1,) * (dones.ndim - 1))
+    valid = (end >= t + horizon - 1) & (t + horizon - 1 < length)
+    if terminations is not None:
+        terminations = np.asarray(terminations, dtype=bool)
+        if terminations.shape != dones.shape:
+            raise ValueError(f"terminations must have the shape of dones {dones.shape}, got {terminations.shape}")
+        if (terminations & ~dones).any():
+            raise ValueError("terminations must be a subset of dones (a termination ends the episode)")
+        ends_in_termination = np.take_along_axis(terminations, np.minimum(end, length - 1), axis=0) & (end < length)
+        valid |= (end < t + horizon - 1) & ends_in_termination
     return valid
 
 
@@ -295,6 +372,7 @@ def sample_segments_from_buffer(
     n: int,
     rng: Union[np.random.Generator, int, None] = None,
     next_obs: Optional[np.ndarray] = None,
+    terminations: Optional[np.ndarray] = None,
     pos: Optional[int] = None,
     full: bool = True,
     env_axis: bool = True,
@@ -310,6 +388,10 @@ def sample_segments_from_buffer(
     ``true_rewards`` must be the environment's rewards: when a buffer is relabelled with a
     learned reward (PEBBLE), keep a copy of the true ones for the teacher.
 
+    ``terminations`` (the shape of ``dones``; SB3: ``dones & ~timeouts``) lets fragments run past
+    a termination into the absorbing state (module docstring); the batch then carries an
+    ``absorbing`` mask.  Without it fragments stay inside episodes and ``absorbing`` is ``None``.
+
     Ring buffers: with ``pos`` given, ``full=False`` means only rows ``[0, pos)`` are filled, and
     ``full=True`` means the buffer wrapped, so the oldest row is ``pos`` and time runs
     ``pos, ..., T-1, 0, ..., pos-1``; fragments follow that order and never straddle the write
@@ -324,6 +406,8 @@ def sample_segments_from_buffer(
     arrays = {"obs": _arr(obs, "obs"), "acts": _arr(acts, "acts"), "true_rewards": _arr(true_rewards, "true_rewards"), "dones": _arr(dones, "dones")}
     if next_obs is not None:
         arrays["next_obs"] = _arr(next_obs, "next_obs")
+    if terminations is not None:
+        arrays["terminations"] = _arr(terminations, "terminations")
     if not env_axis:
         arrays = {k: v[:, None] for k, v in arrays.items()}
     size, n_envs = arrays["true_rewards"].shape[:2] if arrays["true_rewards"].ndim == 2 else (None, None)
@@ -345,19 +429,29 @@ def sample_segments_from_buffer(
         offset, length = (pos % size, size) if full else (0, pos)
     logical = (offset + np.arange(length)) % size if size else np.arange(0)
     dones_l = arrays["dones"][logical].astype(bool)
-    valid = valid_window_starts(dones_l, horizon)
+    terms_l = arrays["terminations"][logical].astype(bool) if terminations is not None else None
+    valid = valid_window_starts(dones_l, horizon, terms_l)
     t_valid, e_valid = np.nonzero(valid)
     pick = _choose(len(t_valid), n, replace, rng, "filled region")
     t0, env = t_valid[pick], e_valid[pick]
-    rows = logical[(t0[:, None] + np.arange(horizon)) % max(length, 1)]  # [n, H] physical rows
+    steps = t0[:, None] + np.arange(horizon)  # [n, H] logical rows
+    last = _next_end(dones_l)[t0, env] if length else t0  # the window's last real row
+    absorbing = steps > last[:, None]
+    rows = logical[np.minimum(steps, last[:, None]) % max(length, 1)]  # absorbing steps repeat the terminal row
     episode_counts = np.concatenate([np.zeros((1, n_envs), dtype=np.int64), np.cumsum(dones_l, 0)])
 
     def gather(a: np.ndarray) -> np.ndarray:
         return a[rows, env[:, None]]
 
+    obs, acts, true_rewards = gather(arrays["obs"]), gather(arrays["acts"]).copy(), gather(arrays["true_rewards"]).copy()
+    nxt = gather(arrays["next_obs"]) if "next_obs" in arrays else None
+    if absorbing.any():  # the absorbing state: terminal observation, zero action, zero reward
+        obs = obs.copy()
+        obs[absorbing] = (nxt if nxt is not None else obs)[absorbing]
+        acts[absorbing], true_rewards[absorbing] = 0, 0
     return SegmentBatch(
-        obs=gather(arrays["obs"]), acts=gather(arrays["acts"]), true_rewards=gather(arrays["true_rewards"]),
-        next_obs=gather(arrays["next_obs"]) if "next_obs" in arrays else None,
+        obs=obs, acts=acts, true_rewards=true_rewards, next_obs=nxt,
+        absorbing=absorbing if terminations is not None else None,
         env_ids=env, episode_ids=episode_counts[t0, env], starts=rows[:, 0],
     )  # fmt: skip
 
@@ -390,20 +484,27 @@ def sample_segments_from_rollouts(
     n: int,
     rng: Union[np.random.Generator, int, None] = None,
     replace: bool = False,
+    absorbing: bool = False,
 ) -> SegmentBatch:
     """Sample ``n`` fragments uniformly over all windows ``[t, t+H)`` inside single rollouts.
 
     Each rollout is one episode: a :class:`Trajectory` or a mapping with ``obs`` (length ``T`` or
-    ``T+1``), ``acts``, ``rewards`` (true rewards, length ``T``) and optional ``next_obs``.
-    ``next_obs`` is filled when every rollout provides it (a ``T+1`` ``obs`` does).  Shorter
-    rollouts than ``horizon`` are skipped.  ``episode_ids`` are rollout indices, ``starts`` the
-    time step of the first transition.
+    ``T+1``), ``acts``, ``rewards`` (true rewards, length ``T``), optional ``next_obs`` and
+    optional ``terminated`` (default ``False``).  ``next_obs`` is filled when every rollout
+    provides it (a ``T+1`` ``obs`` does).  Shorter rollouts than ``horizon`` are skipped.
+    ``episode_ids`` are rollout indices, ``starts`` the time step of the first transition.
+
+    ``absorbing=True``: windows of a terminated rollout may run past its end into the absorbing
+    state, as :func:`sample_segments_from_buffer` does with ``terminations``.
     """
     _check_horizon_n(horizon, n)
     rng = _rng(rng)
+    rollouts = list(rollouts)
     parts = [_as_trajectory(r, i) for i, r in enumerate(rollouts)]
     if not parts:
         raise ValueError("rollouts must not be empty")
+    if absorbing:
+        return _sample_absorbing(parts, [_terminated(r) for r in rollouts], horizon, n, rng, replace)
     counts = np.array([max(len(p[2]) - horizon + 1, 0) for p in parts], dtype=np.int64)
     pick = _choose(int(counts.sum()), n, replace, rng, "rollout")
     cum = np.cumsum(counts)
@@ -425,3 +526,32 @@ def sample_segments_from_rollouts(
             np.zeros((0, horizon)), np.zeros((0, horizon) + o.shape[1:], o.dtype) if has_next else None,
         )  # fmt: skip
     return SegmentBatch.from_segments(segs)
+
+
+def _terminated(r: Any) -> bool:
+    return bool(r.terminated if isinstance(r, Trajectory) else r.get("terminated", False))
+
+
+def _sample_absorbing(parts, terminated, horizon: int, n: int, rng: np.random.Generator, replace: bool) -> SegmentBatch:
+    """:func:`sample_segments_from_rollouts` with ``absorbing=True``: the rollouts laid end to end
+    as one buffer, each ending in a done (a termination where the rollout terminated)."""
+    index = np.array([i for i, p in enumerate(parts) if len(p[2])], dtype=np.int64)  # original rollout ids
+    parts = [(parts[i], terminated[i]) for i in index]
+    if not parts:
+        raise ValueError("no valid fragment start: every rollout is empty")
+    lengths = np.array([len(p[2]) for p, _ in parts])
+    ends = np.cumsum(lengths) - 1
+    dones = np.zeros(int(lengths.sum()), dtype=bool)
+    dones[ends] = True
+    terms = np.zeros_like(dones)
+    terms[ends] = [term for _, term in parts]
+    has_next = all(p[3] is not None for p, _ in parts)
+    cat = lambda k: np.concatenate([p[k] for p, _ in parts])  # noqa: E731
+    batch = sample_segments_from_buffer(
+        cat(0), cat(1), cat(2), dones, horizon=horizon, n=n, rng=rng, next_obs=cat(3) if has_next else None,
+        terminations=terms, env_axis=False, replace=replace,
+    )  # fmt: skip
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    batch.starts = batch.starts - offsets[batch.episode_ids]  # buffer rows -> time steps in the rollout
+    batch.episode_ids = index[batch.episode_ids]
+    return batch
