@@ -233,6 +233,35 @@ def _random_record(spec: RunSpec, log_folder: Path) -> Dict[str, Any]:
     return {"final_return": float(np.mean(returns))}
 
 
+def zoo_config(spec: RunSpec) -> Dict[str, str]:
+    """The hyperparameters rl_zoo3 resolves for ``spec`` (its zoo YAML entry plus the overrides),
+    values as strings: what a record was made with.  The run's name covers only the command line;
+    this catches an edited ``zoo_configs/*.yml``."""
+    import tempfile
+
+    from agents.zoo import experiment_manager
+
+    with tempfile.TemporaryDirectory(prefix="birl_config_") as tmp:
+        manager = experiment_manager("sac" if spec.algo == RANDOM else spec.algo, spec.env_id, tmp, n_timesteps=spec.steps,
+                                     hyperparams=spec.overrides(), seed=spec.seed)
+        _, saved = _quiet(manager.read_hyperparameters)()
+    return {str(k): str(v) for k, v in saved.items()}
+
+
+def _config_change(stored: Optional[Dict[str, str]], current: Dict[str, str]) -> List[str]:
+    """Keys whose value differs (``[]`` when ``stored`` is ``None``: made before configs were kept)."""
+    if stored is None:
+        return []
+    return sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a stale record or checkpoint folder out of the way (kept, never deleted)."""
+    target = path.with_name(f"{path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(target)
+    return target
+
+
 def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` with its prints silenced (rl_zoo3 prints every hyperparameter)."""
     import contextlib
@@ -259,7 +288,13 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
 
     eval_freq = max(1, spec.steps // spec.evaluations)
     checkpoint_dir = log_folder / "checkpoints"
+    config = zoo_config(spec)
     resume = find_checkpoint(checkpoint_dir) if checkpoints else None
+    changed = _config_change(stored_progress(resume).get("config"), config)
+    if changed:
+        print(f"{spec.name()}: the zoo config changed since its checkpoint ({', '.join(changed)}); "
+              f"starting over (checkpoints moved to {_set_aside(checkpoint_dir).name})", flush=True)
+        resume = None
     before = stored_progress(resume)
     with tempfile.TemporaryDirectory(prefix="birl_bench_") as tmp:
         manager = experiment_manager(
@@ -281,6 +316,7 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
             "train_time_s": before.get("train_time_s", 0.0) + time.perf_counter() - start - evaluation.seconds,
             "eval_time_s": before.get("eval_time_s", 0.0) + evaluation.seconds,
             "resumed": before["resumed"],
+            "config": config,
         }
 
     if resume is not None:  # first: it restores the counters the other callbacks read
@@ -324,7 +360,10 @@ def run_one(spec: RunSpec, log_root: str, checkpoints: bool = True) -> Dict[str,
 
     th.set_num_threads(1)
     log_folder = Path(log_root) / spec.suite / spec.env_id.replace("/", "-") / spec.name()
-    measure = _random_record(spec, log_folder) if spec.algo == RANDOM else _train_record(spec, log_folder, checkpoints)
+    if spec.algo == RANDOM:
+        measure = {**_random_record(spec, log_folder), "config": zoo_config(spec)}
+    else:
+        measure = _train_record(spec, log_folder, checkpoints)
     return {**asdict(spec), "host": platform.node(), **measure}
 
 
@@ -373,9 +412,19 @@ def _execute_processes(specs: List[RunSpec], args: argparse.Namespace, log_root:
 
 
 def execute(specs: List[RunSpec], args: argparse.Namespace) -> None:
-    """Run the specs that have no record yet; write each record as soon as it arrives."""
+    """Run the specs that have no record yet (or one made with another zoo config, which is set
+    aside); write each record as soon as it arrives."""
     out = Path(args.out)
-    todo = [s for s in specs if not s.record_path(out).is_file()]
+    todo = []
+    for spec in specs:
+        path = spec.record_path(out)
+        if path.is_file():
+            changed = _config_change(json.loads(path.read_text()).get("config"), zoo_config(spec))
+            if not changed:
+                continue
+            print(f"{spec.name()}: the zoo config changed since this run ({', '.join(changed)}); "
+                  f"rerunning (old record moved to {_set_aside(path).name})", flush=True)
+        todo.append(spec)
     print(f"{len(specs) - len(todo)} of {len(specs)} runs already done; running {len(todo)}", flush=True)
     if not todo:
         return

@@ -277,20 +277,12 @@ SMALL_MSOBIRL = {"gradient_steps": "1", "rollout_batch_size": "20", "model_train
                  "model_fit_kwargs": '{"max_epochs": 2}', "branch_steps": "1"}  # JSON values, as RunSpec stores them
 
 
-@pytest.mark.parametrize("algo", ["sobirl", "msobirl"])
-def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, monkeypatch, algo):
-    """A run that dies after its second evaluation resumes there: one curve, the full budget."""
+def _kill_at_step_50(spec, folder, monkeypatch):
+    """Run ``spec`` until it dies at step 50 (after the checkpoint at 40 of a 3-evaluation, 60-step run)."""
     from stable_baselines3.common.callbacks import BaseCallback
 
     import agents.zoo
     from agents import bench_zoo
-    from agents.checkpoint import list_checkpoints, load_checkpoint
-
-    small = {"learning_starts": "10", "outer_freq": "10", "segment_length": "5", "reward_steps": "1", "batch_size": "8",
-             **(SMALL_MSOBIRL if algo == "msobirl" else {})}
-    spec = bench_zoo.RunSpec(suite="mujoco", env_id="Pendulum-v1", algo=algo, seed=0, steps=60, queries=4, evaluations=3,
-                             eval_episodes=1, hyperparams=tuple(small.items()))
-    folder = tmp_path / spec.name()
 
     class Kill(BaseCallback):
         def _on_step(self) -> bool:
@@ -311,12 +303,63 @@ def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, mon
         manager.learn = learn_and_die
         return manager
 
-    monkeypatch.setattr(agents.zoo, "experiment_manager", dying)
-    with pytest.raises(RuntimeError, match="killed"):
-        bench_zoo._train_record(spec, folder)
+    with monkeypatch.context() as patch:
+        patch.setattr(agents.zoo, "experiment_manager", dying)
+        with pytest.raises(RuntimeError, match="killed"):
+            bench_zoo._train_record(spec, folder)
+
+
+def test_a_checkpoint_made_with_another_zoo_config_is_set_aside(tmp_path, monkeypatch):
+    from agents import bench_zoo
+
+    spec = bench_zoo.RunSpec(suite="mujoco", env_id="Pendulum-v1", algo="sac", seed=0, steps=60, queries=0, evaluations=3,
+                             eval_episodes=1, hyperparams=(("learning_starts", "10"), ("batch_size", "8")))
+    folder = tmp_path / spec.name()
+    _kill_at_step_50(spec, folder, monkeypatch)
+    real = bench_zoo.zoo_config
+    monkeypatch.setattr(bench_zoo, "zoo_config", lambda s: {**real(s), "gamma": "0.5"})  # the YAML was edited
+    record = bench_zoo._train_record(spec, folder)
+    assert record["resumed"] == 0 and record["curve_steps"] == [20, 40, 60] and record["config"]["gamma"] == "0.5"
+    [stale] = folder.glob("checkpoints.stale-*")
+    assert list(stale.iterdir())  # kept, not deleted
+
+
+def test_records_made_with_another_zoo_config_are_rerun(tmp_path, monkeypatch, capsys):
+    import argparse
+
+    from agents import bench_zoo
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    args = parser.parse_args(["--envs", "Pendulum-v1", "--algos", "sobirl,sac", "--seeds", "1", "--backend", "processes", "--out", str(tmp_path)])
+    random_spec, sac, sobirl = specs = bench_zoo.plan("mujoco", args)
+    for spec, config in ((random_spec, None), (sac, bench_zoo.zoo_config(sac)), (sobirl, {**bench_zoo.zoo_config(sobirl), "n_queries": "7"})):
+        spec.record_path(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+        spec.record_path(tmp_path).write_text(json.dumps({"final_return": 1.0, **({"config": config} if config else {})}))
+    ran = []
+    monkeypatch.setattr(bench_zoo, "_execute_processes", lambda todo, a, root: ((s, ran.append(s) or {"final_return": 2.0}) for s in todo))
+    bench_zoo.execute(specs, args)
+    assert ran == [sobirl]  # the record without a config predates them and is kept
+    assert "n_queries" in capsys.readouterr().out
+    assert json.loads(sobirl.record_path(tmp_path).read_text())["final_return"] == 2.0
+    [stale] = sobirl.record_path(tmp_path).parent.glob(f"{sobirl.name()}.json.stale-*")
+    assert json.loads(stale.read_text())["config"]["n_queries"] == "7"
+
+
+@pytest.mark.parametrize("algo", ["sobirl", "msobirl"])
+def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, monkeypatch, algo):
+    """A run that dies after its second evaluation resumes there: one curve, the full budget."""
+    from agents import bench_zoo
+    from agents.checkpoint import list_checkpoints, load_checkpoint
+
+    small = {"learning_starts": "10", "outer_freq": "10", "segment_length": "5", "reward_steps": "1", "batch_size": "8",
+             **(SMALL_MSOBIRL if algo == "msobirl" else {})}
+    spec = bench_zoo.RunSpec(suite="mujoco", env_id="Pendulum-v1", algo=algo, seed=0, steps=60, queries=4, evaluations=3,
+                             eval_episodes=1, hyperparams=tuple(small.items()))
+    folder = tmp_path / spec.name()
+    _kill_at_step_50(spec, folder, monkeypatch)
     [saved] = list_checkpoints(folder / "checkpoints")
     assert load_checkpoint(saved).num_timesteps == 40  # written right after the evaluation at step 40
-    monkeypatch.setattr(agents.zoo, "experiment_manager", real)
 
     record = bench_zoo._train_record(spec, folder)
     assert record["resumed"] == 1 and record["env_steps"] == 60 and record["labels"] > 0
