@@ -89,12 +89,11 @@ def segment_returns(
             raise ValueError(f"next_obs must have the shape of obs {tuple(o.shape)}, got {tuple(nxt.shape)}")
         nxt = flat(nxt)
     args = (flat(o), None if a is None else flat(a), nxt)
-    alive = None
+    mask = None
     if absorbing is not None:
-        mask = _t(absorbing, "absorbing", device)
+        mask = _t(absorbing, "absorbing", device).bool()
         if tuple(mask.shape) != (n, h):
             raise ValueError(f"absorbing must have shape ({n}, {h}), got {tuple(mask.shape)}")
-        alive = ~mask.bool()
     if per_member:
         if not hasattr(model, "members"):
             raise TypeError(f"per_member=True needs an ensemble with .members(), got {type(model).__name__}")
@@ -102,7 +101,7 @@ def segment_returns(
         r = r.reshape(r.shape[0], n, h)
     else:
         r = model(*args).reshape(n, h)
-    return (r if alive is None else torch.where(alive, r, torch.zeros((), dtype=r.dtype, device=r.device))).sum(-1)
+    return (r if mask is None else r.masked_fill(mask, 0.0)).sum(-1)
 
 
 def bradley_terry_nll(

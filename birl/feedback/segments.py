@@ -329,11 +329,17 @@ def valid_window_starts(dones: np.ndarray, horizon: int, terminations: Optional[
     truncation), a window may also run past a termination: its remaining steps are absorbing
     (module docstring), so it need not fit in the array.
     """
+    return _valid_windows(dones, horizon, terminations)[0]
+
+
+def _valid_windows(dones: np.ndarray, horizon: int, terminations: Optional[np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """:func:`valid_window_starts` and, per row, the first episode end at or after it (``L`` where
+    none follows): the last real row of a window that starts there and runs past a termination."""
     dones = np.asarray(dones, dtype=bool)
     length = dones.shape[0]
     if length == 0:
-        return np.zeros(dones.shape, dtype=bool)
-    end = _next_end(dones)  # first episode end at or after t
+        return np.zeros(dones.shape, dtype=bool), np.zeros(dones.shape, dtype=np.int64)
+    end = _next_end(dones)
     t = np.arange(length).reshape((-1,) + (1,) * (dones.ndim - 1))
     valid = (end >= t + horizon - 1) & (t + horizon - 1 < length)
     if terminations is not None:
@@ -344,7 +350,7 @@ def valid_window_starts(dones: np.ndarray, horizon: int, terminations: Optional[
             raise ValueError("terminations must be a subset of dones (a termination ends the episode)")
         ends_in_termination = np.take_along_axis(terminations, np.minimum(end, length - 1), axis=0) & (end < length)
         valid |= (end < t + horizon - 1) & ends_in_termination
-    return valid
+    return valid, end
 
 
 def _check_horizon_n(horizon: int, n: int) -> None:
@@ -430,14 +436,14 @@ def sample_segments_from_buffer(
     logical = (offset + np.arange(length)) % size if size else np.arange(0)
     dones_l = arrays["dones"][logical].astype(bool)
     terms_l = arrays["terminations"][logical].astype(bool) if terminations is not None else None
-    valid = valid_window_starts(dones_l, horizon, terms_l)
+    valid, end = _valid_windows(dones_l, horizon, terms_l)
     t_valid, e_valid = np.nonzero(valid)
     pick = _choose(len(t_valid), n, replace, rng, "filled region")
     t0, env = t_valid[pick], e_valid[pick]
     steps = t0[:, None] + np.arange(horizon)  # [n, H] logical rows
-    last = _next_end(dones_l)[t0, env] if length else t0  # the window's last real row
-    absorbing = steps > last[:, None]
-    rows = logical[np.minimum(steps, last[:, None]) % max(length, 1)]  # absorbing steps repeat the terminal row
+    last = end[t0, env][:, None]  # a window's real rows stop at its episode's end
+    absorbing = steps > last
+    rows = logical[np.minimum(steps, last)]  # [n, H] physical rows; absorbing steps repeat the terminal row
     episode_counts = np.concatenate([np.zeros((1, n_envs), dtype=np.int64), np.cumsum(dones_l, 0)])
 
     def gather(a: np.ndarray) -> np.ndarray:
