@@ -299,6 +299,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         self.logger.record("model/train_loss", result.train_loss[-1])
         self.logger.record("model/val_mse_elites", float(np.mean(np.array(result.final_mse)[result.elites])))
         self.logger.record("model/epochs", result.epochs)
+        self.logger.record("model/updates", result.updates)
         return {"train_loss": result.train_loss, "final_mse": result.final_mse, "elites": result.elites}
 
     @th.no_grad()

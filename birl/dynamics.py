@@ -119,7 +119,8 @@ class FitResult:
             weights ``[E]``; elites are chosen by ``final_mse``.
         elites: indices of the elite members (lowest held-out MSE first).
         n_val: number of held-out transitions (0: the training data were used for validation).
-        epochs: epochs run.
+        epochs: epochs run (the last one partial when ``max_updates`` cut it short).
+        updates: gradient updates made.
     """
 
     train_loss: List[float] = field(default_factory=list)
@@ -129,6 +130,7 @@ class FitResult:
     n_val: int = 0
     elites: List[int] = field(default_factory=list)
     epochs: int = 0
+    updates: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,6 +253,7 @@ class GaussianEnsemble(nn.Module):
         patience: int = 5,
         bootstrap: bool = True,
         seed: Optional[int] = None,
+        max_updates: Optional[int] = None,
     ) -> FitResult:
         """Train all members by NLL; keep each member's best held-out weights; pick elites.
 
@@ -263,6 +266,10 @@ class GaussianEnsemble(nn.Module):
                 ``0`` the training data double as validation data.
             bootstrap: each member trains on its own resample (with replacement) of the data.
             seed: shuffling seed.
+            max_updates: cap on the gradient updates of this call (``None``: no cap).  The
+                epoch the cap falls in ends there, and is validated like any other.  With a
+                warm-started ensemble refitted every few hundred env steps (MBPO) this bounds
+                the cost of a refit, which otherwise grows with the replay buffer.
 
         Returns:
             :class:`FitResult`.
@@ -275,6 +282,9 @@ class GaussianEnsemble(nn.Module):
             raise ValueError(f"holdout_ratio must lie in [0, 1), got {holdout_ratio!r}")
         for name, v in (("max_epochs", max_epochs), ("batch_size", batch_size), ("patience", patience)):
             _positive_int(name, v)
+        if max_updates is not None:
+            _positive_int("max_updates", max_updates)
+        budget = float("inf") if max_updates is None else int(max_updates)
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         perm = torch.randperm(n, generator=gen).to(self.device)
         n_val = min(int(n * holdout_ratio), int(max_holdout))
@@ -296,12 +306,15 @@ class GaussianEnsemble(nn.Module):
             order = idx[:, torch.randperm(n_train, generator=gen).to(self.device)]
             losses = []
             for start in range(0, n_train, int(batch_size)):
+                if result.updates >= budget:
+                    break
                 b = order[:, start : start + int(batch_size)]
                 loss = self.loss(obs[b], act[b], next_obs[b], terminated[b])
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 losses.append(float(loss.detach()) / E)
+                result.updates += 1
             self.eval()
             mse, _ = self.member_errors(obs[val], act[val], next_obs[val], terminated[val])
             mse = mse.cpu()
@@ -317,7 +330,7 @@ class GaussianEnsemble(nn.Module):
             else:
                 stale += 1
             result.epochs = epoch + 1
-            if stale >= patience:
+            if stale >= patience or result.updates >= budget:
                 break
         # shared parameters (normaliser, logvar bounds) take their final values
         for k in ("max_logvar", "min_logvar", "in_mean", "in_std", "out_std"):

@@ -58,6 +58,19 @@ def test_holdout_and_elites(fitted):
     assert np.all(np.array(result.final_mse) <= best_seen * 1.0101 + 1e-12)
 
 
+def test_max_updates_caps_a_refit_mid_epoch():
+    s, a, s2 = linear_data(1000)
+    torch.manual_seed(0)
+    model = small_ensemble()
+    # 800 training rows at batch 64: 13 updates per epoch, so a cap of 20 ends inside epoch 2
+    capped = model.fit(s, a, s2, max_epochs=50, batch_size=64, seed=0, max_updates=20)
+    assert capped.updates == 20 and capped.epochs == 2 and len(capped.val_mse) == 2
+    free = model.fit(s, a, s2, max_epochs=3, batch_size=64, seed=0, patience=50)
+    assert free.updates == 3 * 13 and free.epochs == 3
+    with pytest.raises(ValueError, match="max_updates"):
+        model.fit(s, a, s2, max_updates=0)
+
+
 def test_save_load_round_trip_is_exact(fitted, tmp_path):
     model, _ = fitted
     model.save(tmp_path / "dyn.pt")
