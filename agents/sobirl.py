@@ -358,6 +358,15 @@ class BilevelMixin:
         start = max(self.num_timesteps, self.learning_starts)
         expected = -(-max(0, self._total_timesteps - start - 1) // self.outer_freq)
         self._outer_total = self._n_outer + max(1, expected - 1)  # the last one completes the budget
+        if self.uses_preferences and self.estimator != "none" and self.hypergrad_warmup >= self._total_timesteps:
+            warnings.warn(
+                f"hypergrad_warmup={self.hypergrad_warmup} is not below the {self._total_timesteps} env steps of this "
+                "run: the hypergradient's second term never switches on, so the outer level is plain preference "
+                f"learning while the {self.estimator!r} estimator still costs compute; lower hypergrad_warmup "
+                "or use estimator='none'",
+                UserWarning,
+                stacklevel=2,
+            )
         if self._snapshots is not None:
             self._snapshots.record(self.replay_buffer.pos)
         return out

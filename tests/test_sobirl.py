@@ -239,3 +239,18 @@ def test_evaluating_on_the_true_reward_does_not_warn_about_env_types():
         model.learn(30, callback=callback)
     assert callback.n_calls == 30 and callback.best_mean_reward > -np.inf
     assert not [w for w in caught if "not of the same type" in str(w.message)]
+
+
+def test_a_warmup_that_outlasts_the_run_warns():
+    """hypergrad_warmup >= the run's env steps silently turns SoBiRL into DRLHF: say so."""
+    import warnings
+
+    kwargs = dict(feedback=SyntheticTeacher(seed=0), n_queries=4, segment_length=5, learning_starts=10, outer_freq=10,
+                  reward_steps=1, batch_size=8, policy_kwargs={"net_arch": [8]}, seed=0)
+    with pytest.warns(UserWarning, match="hypergrad_warmup=40 .* never switches on"):
+        SoBiRL("MlpPolicy", "Pendulum-v1", hypergrad_warmup=40, **kwargs).learn(40)
+    for algo, warmup in ((SoBiRL, 39), (DRLHF, 40)):  # below the budget, or no hypergradient to wait for
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            algo("MlpPolicy", "Pendulum-v1", hypergrad_warmup=warmup, **kwargs).learn(40)
+        assert not [w for w in caught if "hypergrad_warmup" in str(w.message)]
