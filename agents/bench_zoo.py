@@ -31,7 +31,9 @@ preference accuracy on the training labels and on fresh held-out pairs (vector o
 labels used, env steps, the first evaluation at which each run reaches a normalised 0.9,
 and wall time per env step as a ratio to SAC in the same env (time
 spent in evaluations excluded); ``<out>/curves_<suite>_<env>.png`` plots the TRUE evaluation
-return against env steps.
+return against env steps.  Runs without a record are listed with the evaluations of their newest
+checkpoint; ``--report-only`` writes the report without running anything (a suite still running,
+here or on a cluster).
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ def add_arguments(parser: argparse.ArgumentParser, suite: Suite) -> None:
         "-params", "--hyperparams", type=str, nargs="+", action=StoreDict, default={},
         help="hyperparameter overrides for every run, rl_zoo3 syntax (key:value); bilevel-only keys are not given to SAC; "
         "bilevel runs get absorbing_states:True unless it is given",
+    )
+    parser.add_argument(
+        "--report-only", action="store_true",
+        help="write the report from the finished runs without running anything; unfinished runs are listed "
+        "with the evaluations of their newest checkpoint (a suite still running, here or on a cluster)",
     )
     parser.add_argument("--backend", choices=("auto", "ray", "processes"), default="auto", help="auto: Ray when installed")
     parser.add_argument("--address", default=None, help="Ray cluster to join (auto or HOST:PORT; default: a local instance)")
@@ -519,6 +526,25 @@ def env_table(records: List[Dict[str, Any]], env_id: str) -> str:
     return "\n".join(lines)
 
 
+def unfinished(specs: List[RunSpec], out: Path) -> List[str]:
+    """Markdown lines for the runs without a record: the evaluations of their newest checkpoint."""
+    from agents.checkpoint import find_checkpoint, stored_progress
+
+    lines = []
+    for spec in specs:
+        if spec.record_path(out).is_file():
+            continue
+        folder = out / "zoo_logs" / spec.suite / spec.env_id.replace("/", "-") / spec.name() / "checkpoints"
+        progress = stored_progress(find_checkpoint(folder))
+        curve = list(zip(progress.get("curve_steps", []), progress.get("curve_returns", [])))
+        state = "; ".join(f"{r:.1f} at step {t}" for t, r in curve) if curve else "no checkpoint"
+        lines.append(f"- {spec.env_id} {spec.algo} seed {spec.seed} (`{spec.name()}`): {state}")
+    if not lines:
+        return []
+    return ["", "### Unfinished runs", "", "TRUE returns of the evaluations in each run's newest checkpoint "
+            "(not in the tables above).", "", *lines]
+
+
 def plot_curves(records: List[Dict[str, Any]], env_id: str, path: Path) -> None:
     """TRUE evaluation return against env steps: mean over seeds, band from min to max."""
     import matplotlib
@@ -572,6 +598,7 @@ def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: 
         png = f"curves_{suite}_{env_id.replace('/', '-')}.png"
         plot_curves(records, env_id, out / png)
         parts += ["", env_table(records, env_id), "", f"![TRUE return vs env steps]({png})"]
+    parts += unfinished(specs, out)
     text = "\n".join(parts) + "\n"
     write_report(out / f"results_{suite}.md", text)
     sections = [(out / f"results_{name}.md").read_text() for name in SUITES if (out / f"results_{name}.md").is_file()]
@@ -593,7 +620,8 @@ def run_suite(suite: str, args: argparse.Namespace) -> str:
     """Plan, run what is missing, and report one suite."""
     specs = plan(suite, args)
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    execute(specs, args)
+    if not args.report_only:
+        execute(specs, args)
     command = _command(suite, args)
     text = report(suite, specs, args, command)
     print(text)

@@ -246,7 +246,7 @@ def test_benchmark_end_to_end_and_resume(tmp_path, capsys):
     sobirl = json.loads(records[-1].read_text())
     assert sobirl["env_steps"] == 60 and sobirl["labels"] > 0 and sobirl["curve_steps"] == [60]
     assert "| sobirl | 1 |" in text and "| sac | 1 |" in text and (tmp_path / "curves_mujoco_Pendulum-v1.png").is_file()
-    assert (tmp_path / "results.md").read_text().count("## mujoco") == 1
+    assert (tmp_path / "results.md").read_text().count("## mujoco") == 1 and "Unfinished runs" not in text
     capsys.readouterr()
     bench_zoo.run_mujoco(args)
     assert "3 of 3 runs already done; running 0" in capsys.readouterr().out
@@ -366,6 +366,28 @@ def test_benchmark_run_killed_midway_continues_from_its_checkpoint(tmp_path, mon
     assert record["curve_steps"] == [20, 40, 60] and len(record["curve_returns"]) == 3
     assert record["final_return"] == record["curve_returns"][-1] and record["train_time_s"] > 0
     assert not (folder / "checkpoints").exists()  # removed once the run is complete
+
+
+def test_report_only_lists_unfinished_runs_from_their_checkpoints(tmp_path, monkeypatch, capsys):
+    """``--report-only`` runs nothing; a killed run appears with its checkpointed evaluations."""
+    import argparse
+
+    from agents import bench_zoo
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    args = parser.parse_args(
+        ["--envs", "Pendulum-v1", "--algos", "sac", "--seeds", "1", "--steps", "60", "--evaluations", "3",
+         "--eval-episodes", "1", "--out", str(tmp_path), "--report-only", "-params", "learning_starts:10"]
+    )  # fmt: skip
+    random_spec, spec = bench_zoo.plan("mujoco", args)
+    _kill_at_step_50(spec, tmp_path / "zoo_logs" / "mujoco" / "Pendulum-v1" / spec.name(), monkeypatch)
+    text = bench_zoo.run_mujoco(args)
+    assert not (tmp_path / "zoo_runs").exists()  # nothing was run
+    assert "### Unfinished runs" in text
+    [sac_line] = [line for line in text.splitlines() if line.startswith("- Pendulum-v1 sac seed 0")]
+    assert "at step 20;" in sac_line and sac_line.endswith("at step 40")
+    assert f"- Pendulum-v1 random seed 0 (`{random_spec.name()}`): no checkpoint" in text
 
 
 def test_benchmark_run_stopped_by_keyboard_interrupt_is_not_a_finished_run(tmp_path, monkeypatch):
