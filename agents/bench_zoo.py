@@ -523,6 +523,8 @@ def env_table(records: List[Dict[str, Any]], env_id: str) -> str:
             f"| {algo} | {len(rs)} | {iqm:.1f} [{lo:.1f}, {hi:.1f}] | {_fmt(normalised, '.2f')} | {reach} | {accuracy} | "
             f"{_fmt(_mean_of(rs, 'labels'), '.0f')} | {_fmt(_mean_of(rs, 'env_steps'), '.0f')} | {ratio} ({1000 * step:.1f} ms) |"
         )
+    if not any(runs.values()):
+        lines[-2:] = ["No finished training run yet."]
     return "\n".join(lines)
 
 

@@ -388,6 +388,7 @@ def test_report_only_lists_unfinished_runs_from_their_checkpoints(tmp_path, monk
     [sac_line] = [line for line in text.splitlines() if line.startswith("- Pendulum-v1 sac seed 0")]
     assert "at step 20;" in sac_line and sac_line.endswith("at step 40")
     assert f"- Pendulum-v1 random seed 0 (`{random_spec.name()}`): no checkpoint" in text
+    assert "No finished training run yet." in text and "| algorithm |" not in text
 
 
 def test_benchmark_run_stopped_by_keyboard_interrupt_is_not_a_finished_run(tmp_path, monkeypatch):
