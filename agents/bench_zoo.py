@@ -47,7 +47,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -108,6 +108,10 @@ class RunSpec:
     def name(self) -> str:
         settings = json.dumps(asdict(self), sort_keys=True)
         return f"{self.algo}_seed{self.seed}_{hashlib.sha1(settings.encode()).hexdigest()[:8]}"
+
+    def log_folder(self, log_root: Union[str, Path]) -> Path:
+        """The run's rl_zoo3 log folder (its checkpoints in ``checkpoints/``) under ``log_root``."""
+        return Path(log_root) / self.suite / self.env_id.replace("/", "-") / self.name()
 
     def record_path(self, out: Path) -> Path:
         return out / "zoo_runs" / self.suite / self.env_id.replace("/", "-") / f"{self.name()}.json"
@@ -366,7 +370,7 @@ def run_one(spec: RunSpec, log_root: str, checkpoints: bool = True) -> Dict[str,
     import torch as th
 
     th.set_num_threads(1)
-    log_folder = Path(log_root) / spec.suite / spec.env_id.replace("/", "-") / spec.name()
+    log_folder = spec.log_folder(log_root)
     if spec.algo == RANDOM:
         measure = {**_random_record(spec, log_folder), "config": zoo_config(spec)}
     else:
@@ -536,8 +540,7 @@ def unfinished(specs: List[RunSpec], out: Path) -> List[str]:
     for spec in specs:
         if spec.record_path(out).is_file():
             continue
-        folder = out / "zoo_logs" / spec.suite / spec.env_id.replace("/", "-") / spec.name() / "checkpoints"
-        progress = stored_progress(find_checkpoint(folder))
+        progress = stored_progress(find_checkpoint(spec.log_folder(out / "zoo_logs") / "checkpoints"))
         curve = list(zip(progress.get("curve_steps", []), progress.get("curve_returns", [])))
         state = "; ".join(f"{r:.1f} at step {t}" for t, r in curve) if curve else "no checkpoint"
         lines.append(f"- {spec.env_id} {spec.algo} seed {spec.seed} (`{spec.name()}`): {state}")

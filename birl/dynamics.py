@@ -282,9 +282,7 @@ class GaussianEnsemble(nn.Module):
             raise ValueError(f"holdout_ratio must lie in [0, 1), got {holdout_ratio!r}")
         for name, v in (("max_epochs", max_epochs), ("batch_size", batch_size), ("patience", patience)):
             _positive_int(name, v)
-        if max_updates is not None:
-            _positive_int("max_updates", max_updates)
-        budget = float("inf") if max_updates is None else int(max_updates)
+        budget = float("inf") if max_updates is None else _positive_int("max_updates", max_updates)
         gen = torch.Generator().manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
         perm = torch.randperm(n, generator=gen).to(self.device)
         n_val = min(int(n * holdout_ratio), int(max_holdout))
