@@ -139,6 +139,11 @@ def add_arguments(parser: argparse.ArgumentParser, suite: Suite) -> None:
         help="write the report from the finished runs without running anything; unfinished runs are listed "
         "with the evaluations of their newest checkpoint (a suite still running, here or on a cluster)",
     )
+    parser.add_argument(
+        "--only-seeds", default=None, metavar="S[,S...]",
+        help="run only these seeds, in this order (e.g. 2,1: split a suite between machines without Ray, or "
+        "run the seed that decides a target first); the report still covers all --seeds",
+    )
     parser.add_argument("--backend", choices=("auto", "ray", "processes"), default="auto", help="auto: Ray when installed")
     parser.add_argument("--address", default=None, help="Ray cluster to join (auto or HOST:PORT; default: a local instance)")
     parser.add_argument("--workers", type=int, default=2, help="parallel runs on this machine (default: 2)")
@@ -621,12 +626,30 @@ def _command(suite: str, args: argparse.Namespace) -> str:
     return " ".join(words)
 
 
+def selected(specs: List[RunSpec], only_seeds: Optional[str], n_seeds: int) -> List[RunSpec]:
+    """The specs of ``--only-seeds`` (all of them when it is ``None``), seed by seed in its order;
+    the random baselines come first."""
+    if only_seeds is None:
+        return specs
+    try:
+        seeds = [int(x) for x in _split(only_seeds, "--only-seeds")]
+    except ValueError as error:
+        raise ValueError(f"--only-seeds must be comma-separated integers, got {only_seeds!r}") from error
+    bad = [s for s in seeds if not 0 <= s < n_seeds]
+    if bad or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--only-seeds: each seed once, from 0 to --seeds - 1 = {n_seeds - 1}; got {only_seeds!r}")
+    return [spec for spec in specs if spec.algo == RANDOM] + [
+        spec for seed in seeds for spec in specs if spec.algo != RANDOM and spec.seed == seed
+    ]
+
+
 def run_suite(suite: str, args: argparse.Namespace) -> str:
     """Plan, run what is missing, and report one suite."""
     specs = plan(suite, args)
+    todo = selected(specs, args.only_seeds, args.seeds)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if not args.report_only:
-        execute(specs, args)
+        execute(todo, args)
     command = _command(suite, args)
     text = report(suite, specs, args, command)
     print(text)

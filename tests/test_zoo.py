@@ -272,6 +272,25 @@ def test_benchmark_plan_names_absorbing_states_for_bilevel_runs():
     assert dict(mixed["sac"].hyperparams) == {"batch_size": "16"}
 
 
+def test_only_seeds_picks_and_orders_the_runs():
+    """``--only-seeds 2,0`` runs the random baseline, then seed 2, then seed 0; bad lists fail
+    before anything runs, naming the flag."""
+    import argparse
+
+    from agents import bench_zoo
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    args = parser.parse_args(["--seeds", "3", "--algos", "sobirl,sac", "--only-seeds", "2,0"])
+    specs = bench_zoo.plan("mujoco", args)
+    picked = bench_zoo.selected(specs, args.only_seeds, args.seeds)
+    assert [(s.algo, s.seed) for s in picked] == [("random", 0), ("sobirl", 2), ("sac", 2), ("sobirl", 0), ("sac", 0)]
+    assert bench_zoo.selected(specs, None, 3) == specs
+    for bad in ("3", "1,1", "-1", "one", ","):
+        with pytest.raises(ValueError, match="--only-seeds"):
+            bench_zoo.selected(specs, bad, 3)
+
+
 SMALL_MSOBIRL = {"gradient_steps": "1", "rollout_batch_size": "20", "model_train_freq": "10", "model_rollout_freq": "10",
                  "rollout_schedule": "[0, 10, 1, 2]", "dynamics_kwargs": '{"hidden": [16], "n_members": 2, "n_elites": 1}',
                  "model_fit_kwargs": '{"max_epochs": 2}', "branch_steps": "1"}  # JSON values, as RunSpec stores them
