@@ -407,7 +407,8 @@ def save_checkpoint(
         info["replay_buffer"] = {"file": os.path.basename(sidecar), "sha256": writer.sha256.hexdigest(), "size": writer.size}
     zip_buffer = io.BytesIO()
     model.save(zip_buffer)
-    tensors["agent_zip"] = _bytes_tensor(zip_buffer.getvalue())
+    # a view of the zip's bytes, not a copy: with its feedback data an Atari agent's zip is GBs
+    tensors["agent_zip"] = th.frombuffer(zip_buffer.getbuffer(), dtype=th.uint8) if zip_buffer.tell() else th.zeros(0, dtype=th.uint8)
     vec_normalize = model.get_vec_normalize_env()
     if vec_normalize is not None:
         tensors["vecnormalize"] = _bytes_tensor(pickle.dumps(vec_normalize))

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import os
 import tempfile
@@ -95,11 +94,12 @@ def atomic_write_json(path: PathLike, obj: Any) -> None:
         json.dump(obj, f, indent=2, sort_keys=True)
 
 
-def _tensor_bytes(t: torch.Tensor) -> bytes:
+def _tensor_bytes(t: torch.Tensor) -> Union[bytes, np.ndarray]:
+    """The raw bytes of ``t`` as a buffer (a view of a contiguous CPU tensor, no copy)."""
     flat = t.detach().cpu().contiguous().reshape(-1)
     if flat.numel() == 0:
         return b""
-    return flat.view(torch.uint8).numpy().tobytes()
+    return flat.view(torch.uint8).numpy()
 
 
 def tensor_checksum(state_dict: Mapping[str, torch.Tensor]) -> str:
@@ -129,7 +129,10 @@ def save_state(path: PathLike, kind: str, config: Mapping[str, Any], state_dict:
     for name, t in state_dict.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"state_dict[{name!r}] must be a torch.Tensor, got {type(t).__name__}")
-        tensors[name] = t.detach().cpu().clone()
+        t = t.detach().cpu()
+        # torch.save writes a tensor's whole storage: copy only views into a larger one
+        whole = t.is_contiguous() and t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
+        tensors[name] = t if whole else t.clone()
     payload = {
         "format_version": FORMAT_VERSION,
         "kind": str(kind),
@@ -137,9 +140,9 @@ def save_state(path: PathLike, kind: str, config: Mapping[str, Any], state_dict:
         "state_dict": tensors,
         "checksum": tensor_checksum(tensors),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    # streamed to disk: no in-memory copy of the tensors (checkpoints of Atari agents hold GBs)
+    with atomic_open(path, "wb") as f:
+        torch.save(payload, f)
 
 
 def load_state(

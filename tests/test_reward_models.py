@@ -275,6 +275,33 @@ def test_failed_save_keeps_previous_file(tmp_path):
     assert os.listdir(tmp_path) == ["state.pt"]
 
 
+def test_save_state_streams_big_tensors_and_copies_only_views(tmp_path):
+    """A checkpoint holds GBs on Atari: ``save_state`` must not keep extra in-memory copies of
+    the tensors (peak RSS of a fresh process grows by far less than the tensor), and a view into
+    a larger storage is stored as its own elements, not the whole storage."""
+    size_mb = 256
+    code = f"""
+import resource, torch
+from birl.serialization import save_state
+t = torch.ones({size_mb} * 2**20, dtype=torch.uint8)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+save_state({str(tmp_path / 'big.pt')!r}, "x", {{}}, {{"t": t}})
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    extra_mb = float(out.stdout.split()[-1])
+    assert extra_mb < 0.5 * size_mb, f"saving a {size_mb} MB tensor raised peak RSS by {extra_mb:.0f} MB"
+    _, _, state = load_state(tmp_path / "big.pt", "x")
+    assert state["t"].numel() == size_mb * 2**20 and bool((state["t"] == 1).all())
+
+    base = torch.arange(1_000_000, dtype=torch.float32)
+    save_state(tmp_path / "view.pt", "x", {}, {"head": base[:10], "strided": base[::250_000]})
+    assert os.path.getsize(tmp_path / "view.pt") < 100_000
+    _, _, state = load_state(tmp_path / "view.pt", "x")
+    assert state["head"].tolist() == list(range(10)) and state["strided"].tolist() == [0, 250_000, 500_000, 750_000]
+
+
 def test_npz_helpers_round_trip_and_corruption(tmp_path):
     arrays = {"a": np.arange(5, dtype=np.int16), "b": np.eye(2), "c": np.array([True, False])}
     save_npz(tmp_path / "x.npz", arrays, {"hello": [1, 2]})
