@@ -576,7 +576,8 @@ def plot_curves(records: List[Dict[str, Any]], env_id: str, path: Path) -> None:
     if random:
         ax.axhline(float(np.mean(random)), color="gray", linestyle="--", label="random policy")
     ax.set(xlabel="env steps", ylabel="TRUE return (evaluation)", title=env_id)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # nothing finished yet: an empty plot, no legend
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
