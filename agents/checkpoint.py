@@ -167,8 +167,13 @@ def _env_generators(env: Any) -> Optional[List[Dict[str, Any]]]:
 
 
 # ------------------------------------------------------------------ capture / restore
-def _bytes_tensor(data: bytes) -> th.Tensor:
-    return th.frombuffer(bytearray(data), dtype=th.uint8) if data else th.zeros(0, dtype=th.uint8)
+def _bytes_tensor(data: Union[bytes, memoryview]) -> th.Tensor:
+    """``data`` as a uint8 tensor: a view of a writable buffer (e.g. ``BytesIO.getbuffer()``, no
+    copy of an agent zip that is GBs on Atari), a copy of read-only bytes."""
+    view = memoryview(data)
+    if not view.nbytes:
+        return th.zeros(0, dtype=th.uint8)
+    return th.frombuffer(bytearray(view) if view.readonly else view, dtype=th.uint8)
 
 
 def capture_training_state(model: Any) -> Tuple[Dict[str, Any], Dict[str, th.Tensor]]:
@@ -407,8 +412,7 @@ def save_checkpoint(
         info["replay_buffer"] = {"file": os.path.basename(sidecar), "sha256": writer.sha256.hexdigest(), "size": writer.size}
     zip_buffer = io.BytesIO()
     model.save(zip_buffer)
-    # a view of the zip's bytes, not a copy: with its feedback data an Atari agent's zip is GBs
-    tensors["agent_zip"] = th.frombuffer(zip_buffer.getbuffer(), dtype=th.uint8) if zip_buffer.tell() else th.zeros(0, dtype=th.uint8)
+    tensors["agent_zip"] = _bytes_tensor(zip_buffer.getbuffer())
     vec_normalize = model.get_vec_normalize_env()
     if vec_normalize is not None:
         tensors["vecnormalize"] = _bytes_tensor(pickle.dumps(vec_normalize))

@@ -288,8 +288,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 save_state({str(tmp_path / 'big.pt')!r}, "x", {{}}, {{"t": t}})
 print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
 """
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, check=True)
     extra_mb = float(out.stdout.split()[-1])
     assert extra_mb < 0.5 * size_mb, f"saving a {size_mb} MB tensor raised peak RSS by {extra_mb:.0f} MB"
     _, _, state = load_state(tmp_path / "big.pt", "x")
