@@ -38,6 +38,8 @@ and the feature network the one-step surrogate; ``myopic``/``none`` use the one-
 from __future__ import annotations
 
 import copy
+import io
+import os
 import warnings
 from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
 
@@ -53,6 +55,7 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback
 from stable_baselines3.common.utils import polyak_update
 from stable_baselines3.common.vec_env import VecEnv
 
+from agents.archive import read_stored_preferences, save_agent_archive
 from agents.branching import SnapshotLog, branch_rollout_gradient, check_branchable
 from agents.buffers import BilevelReplayBuffer
 from agents.discrete_sac import DiscreteSAC
@@ -816,7 +819,34 @@ class BilevelMixin:
 
     # ------------------------------------------------------------------ persistence
     def _excluded_save_params(self):
-        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots"]
+        # ``preferences`` is stored as raw arrays next to SB3's members (agents.archive), not pickled into ``data``
+        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots", "preferences"]
+
+    def save(self, path: Union[str, os.PathLike, io.BufferedIOBase], exclude: Optional[Sequence[str]] = None,
+             include: Optional[Sequence[str]] = None) -> None:
+        """SB3's :meth:`~stable_baselines3.common.base_class.BaseAlgorithm.save`, with the
+        preference dataset appended to the archive as raw arrays (:mod:`agents.archive`) and a
+        file name replaced atomically (an interrupted save leaves the previous file)."""
+        def write(f):
+            super(BilevelMixin, self).save(f, exclude=exclude, include=include)
+
+        save_agent_archive(path, write, self.preferences)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike, io.BufferedIOBase], env: Optional[GymEnv] = None, device: Union[th.device, str] = "auto",
+             custom_objects: Optional[Dict[str, Any]] = None, print_system_info: bool = False, force_reset: bool = True, **kwargs: Any):
+        """SB3's :meth:`~stable_baselines3.common.base_class.BaseAlgorithm.load`, plus the
+        preference dataset stored by :meth:`save` (files saved before that layout carry it in
+        SB3's ``data`` and load as they are; ``custom_objects={"preferences": ...}`` replaces it)."""
+        model = super().load(path, env=env, device=device, custom_objects=custom_objects, print_system_info=print_system_info,
+                             force_reset=force_reset, **kwargs)
+        if "preferences" in (custom_objects or {}):
+            model.preferences = custom_objects["preferences"]
+        else:
+            stored = read_stored_preferences(path)
+            if stored is not None:
+                model.preferences = stored
+        return model
 
     def _get_torch_save_params(self):
         state_dicts, variables = super()._get_torch_save_params()

@@ -10,6 +10,9 @@ Two containers are used across :mod:`birl`:
 * **npz archives** (:func:`save_npz` / :func:`load_npz`): ``numpy`` arrays plus a JSON metadata
   string stored as a 0-d unicode array, loaded with ``allow_pickle=False``.  The zip CRC of each
   member catches corruption.
+* **arrays inside another zip archive** (:func:`write_zip_arrays` / :func:`read_zip_arrays`):
+  ``<prefix><name>.npy`` members plus ``<prefix>meta.json``, streamed in chunks, for datasets
+  stored next to an agent's own members (see :mod:`agents.archive`).
 
 Every write goes to a temporary file in the destination directory, is flushed and fsynced, and
 then moved over the destination with :func:`os.replace`, so a crash never leaves a half-written
@@ -39,6 +42,8 @@ __all__ = [
     "load_state",
     "save_npz",
     "load_npz",
+    "write_zip_arrays",
+    "read_zip_arrays",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -61,10 +66,11 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
 
     Args:
         path: destination file.  Its directory must exist.
-        mode: ``"wb"`` (bytes) or ``"w"`` (text, UTF-8).
+        mode: ``"wb"`` (bytes), ``"w+b"`` (bytes, readable back before the move, e.g. for a zip
+            archive opened in append mode) or ``"w"`` (text, UTF-8).
     """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
+    if mode not in ("wb", "w+b", "w"):
+        raise ValueError(f"mode must be 'wb', 'w+b' or 'w', got {mode!r}")
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -230,4 +236,62 @@ def load_npz(path: PathLike) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
         raise CorruptFileError(f"{path!r}: metadata is not valid JSON: {err}") from err
     if meta.get("format_version") != FORMAT_VERSION:
         raise CorruptFileError(f"{path!r} has format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    return arrays, meta
+
+
+def _member_source(archive: zipfile.ZipFile) -> str:
+    return repr(archive.filename) if archive.filename else "the zip archive"
+
+
+def write_zip_arrays(archive: zipfile.ZipFile, prefix: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+    """Write ``arrays`` as ``<prefix><name>.npy`` members of an open, writable zip archive and
+    ``meta`` (JSON) as ``<prefix>meta.json``.
+
+    Each array is streamed into its member in chunks (no whole copy), uncompressed; every member
+    carries the zip CRC, which :func:`read_zip_arrays` checks.  Object arrays are refused so that
+    reading never needs pickle.
+    """
+    if not prefix.endswith("/"):
+        raise ValueError(f"prefix must end with '/', got {prefix!r}")
+    for name, a in arrays.items():
+        if not name or "/" in name or name == "meta":
+            raise ValueError(f"arrays: invalid array name {name!r}")
+        if np.asarray(a).dtype == object:
+            raise TypeError(f"arrays[{name!r}] has dtype object; only numeric/bool/str arrays can be saved")
+    try:
+        meta_json = json.dumps({"format_version": FORMAT_VERSION, **meta, "arrays": list(arrays)}, sort_keys=True)
+    except TypeError as err:
+        raise TypeError(f"meta must be JSON-serialisable: {err}") from err
+    for name, a in arrays.items():
+        with archive.open(f"{prefix}{name}.npy", "w", force_zip64=True) as f:
+            np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
+    archive.writestr(f"{prefix}meta.json", meta_json)
+
+
+def read_zip_arrays(archive: zipfile.ZipFile, prefix: str) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+    """Read what :func:`write_zip_arrays` wrote under ``prefix``; returns ``(arrays, meta)``.
+
+    Raises:
+        KeyError: the archive holds no ``<prefix>meta.json``.
+        CorruptFileError: a member is missing, truncated or fails its CRC, or the metadata is bad.
+    """
+    source = _member_source(archive)
+    raw = archive.read(f"{prefix}meta.json")  # KeyError: nothing stored under prefix
+    try:
+        meta = json.loads(raw)
+        names = meta.pop("arrays")
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, AttributeError) as err:
+        raise CorruptFileError(f"{source}: {prefix}meta.json is not valid metadata: {err!r}") from err
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise CorruptFileError(f"{source}: {prefix}meta.json has format_version {meta.get('format_version')}, expected {FORMAT_VERSION}")
+    arrays = {}
+    for name in names:
+        member = f"{prefix}{name}.npy"
+        try:
+            with archive.open(member) as f:
+                arrays[name] = np.lib.format.read_array(f, allow_pickle=False)
+                if f.read(1):  # reaching the end also checks the member's CRC
+                    raise ValueError("bytes after the array")
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
+            raise CorruptFileError(f"{source}: member {member!r} is missing or corrupt: {err}") from err
     return arrays, meta

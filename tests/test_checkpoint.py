@@ -24,6 +24,7 @@ from agents.checkpoint import (
     load_checkpoint,
     load_latest_checkpoint,
 )
+from agents.archive import load_preferences
 from agents.sobirl import SoBiRL
 from birl.feedback import SyntheticTeacher
 from birl.serialization import CorruptFileError, load_state, save_state
@@ -177,7 +178,7 @@ def test_kill_and_resume_through_the_cli_loses_and_duplicates_no_label(tmp_path)
         proc.wait()
     killed = load_latest_checkpoint(folder)
     assert 0 < killed.num_timesteps < total
-    before = _saved_data(killed.agent_zip)["preferences"]
+    before = load_preferences(io.BytesIO(killed.agent_zip))
     assert len(before) > 0
 
     resumed = _train(["--resume", str(folder)])
@@ -188,7 +189,7 @@ def test_kill_and_resume_through_the_cli_loses_and_duplicates_no_label(tmp_path)
     assert final["num_timesteps"] == total  # the original budget, not checkpoint step + total
     later = [load_checkpoint(p).num_timesteps for p in list_checkpoints(run / "checkpoints")]
     assert later and min(later) > killed.num_timesteps  # the counter continued, it did not restart at 0
-    prefs = final["preferences"]
+    prefs = load_preferences(run / "Pendulum-v1.zip")
     assert len(prefs) == n_queries == final["_n_asked"]  # what the schedule asks for, nothing more
     old, new = before.arrays(), prefs.arrays()
     for key in old:  # the labels of the checkpoint are a prefix of the final dataset

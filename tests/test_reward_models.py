@@ -3,13 +3,14 @@
 import os
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
 import torch
 
 from birl.reward_models import CnnReward, MlpReward, RewardEnsemble, RewardModel, RunningNormalizer, SpaceSpec, load_reward_model
-from birl.serialization import CorruptFileError, load_npz, load_state, save_npz, save_state
+from birl.serialization import CorruptFileError, load_npz, load_state, read_zip_arrays, save_npz, save_state, write_zip_arrays
 
 
 class FakeBox:
@@ -323,3 +324,22 @@ def test_birl_does_not_import_gymnasium_or_sb3():
     )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     subprocess.run([sys.executable, "-c", code], check=True, cwd=root)
+
+
+def test_zip_array_helpers_round_trip_and_refuse_bad_input(tmp_path):
+    arrays = {"a": np.arange(5, dtype=np.int16), "b": np.eye(2)[:, ::-1], "c": np.zeros((0, 3), bool)}  # b: not contiguous
+    with zipfile.ZipFile(tmp_path / "x.zip", "w") as archive:
+        write_zip_arrays(archive, "ds/", arrays, {"hello": [1, 2]})
+        with pytest.raises(ValueError, match="prefix"):
+            write_zip_arrays(archive, "ds", arrays, {})
+        with pytest.raises(ValueError, match="array name"):
+            write_zip_arrays(archive, "bad/", {"x/y": np.zeros(1)}, {})
+        with pytest.raises(TypeError, match="dtype object"):
+            write_zip_arrays(archive, "obj/", {"o": np.array([None])}, {})
+    with zipfile.ZipFile(tmp_path / "x.zip") as archive:
+        back, meta = read_zip_arrays(archive, "ds/")
+        with pytest.raises(KeyError):
+            read_zip_arrays(archive, "missing/")
+    assert meta["hello"] == [1, 2] and list(back) == ["a", "b", "c"]
+    for k, v in arrays.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v)

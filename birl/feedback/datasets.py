@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -23,7 +24,7 @@ from birl.feedback.segments import (
     as_batch,
     sample_segments_from_rollouts,
 )
-from birl.serialization import CorruptFileError, load_npz, save_npz
+from birl.serialization import CorruptFileError, load_npz, read_zip_arrays, save_npz, write_zip_arrays
 
 __all__ = ["PreferenceDataset", "Demonstrations"]
 
@@ -242,9 +243,15 @@ class PreferenceDataset:
             yield self[idx[i : i + batch_size]]
 
     # -- persistence ---------------------------------------------------------------------------
-    def save(self, path: PathLike) -> None:
-        """Atomically write every array (insertion order) and the settings to an ``.npz`` file."""
-        meta = {
+    def _stored(self) -> Dict[str, np.ndarray]:
+        """The stored arrays in insertion order: views while the oldest pair is in row 0 (always
+        so without eviction), copies otherwise."""
+        if self._start == 0:
+            return {k: v[: self._size] for k, v in self._data.items()}
+        return self.arrays()
+
+    def _meta(self) -> Dict[str, Any]:
+        return {
             "kind": "PreferenceDataset",
             "capacity": self.capacity,
             "policy": self.policy,
@@ -254,25 +261,54 @@ class PreferenceDataset:
             "n_rejected": self.n_rejected,
             "has_schema": bool(self._data),
         }
-        save_npz(path, self.arrays(), meta)
+
+    @classmethod
+    def _from_stored(cls, arrays: Dict[str, np.ndarray], meta: Dict[str, Any], source: str) -> "PreferenceDataset":
+        """Rebuild a dataset from :meth:`_stored` arrays and :meth:`_meta` (``source`` names the
+        file in errors).  Arrays that fill the allocation exactly are adopted, not copied."""
+        if meta.get("kind") != "PreferenceDataset":
+            raise CorruptFileError(f"{source} holds a {meta.get('kind')!r}, not a PreferenceDataset")
+        ds = cls(meta["capacity"], meta["policy"])
+        n = int(meta["size"])
+        if meta["has_schema"]:
+            if "labels" not in arrays or any(v.shape[0] != n for v in arrays.values()):
+                raise CorruptFileError(f"{source}: arrays do not all have length {n}")
+            slots = ds.capacity if ds.capacity is not None else n
+            if slots == n:
+                ds._data = dict(arrays)
+            else:
+                ds._allocate(arrays, slots)
+                for k, v in arrays.items():
+                    ds._data[k][:n] = v
+            ds._size = n
+        ds.n_added, ds.n_evicted, ds.n_rejected = int(meta["n_added"]), int(meta["n_evicted"]), int(meta["n_rejected"])
+        return ds
+
+    def save(self, path: PathLike) -> None:
+        """Atomically write every array (insertion order) and the settings to an ``.npz`` file."""
+        save_npz(path, self._stored(), self._meta())
 
     @classmethod
     def load(cls, path: PathLike) -> "PreferenceDataset":
         """Read a dataset written by :meth:`save` (raises ``CorruptFileError`` on damage)."""
         arrays, meta = load_npz(path)
-        if meta.get("kind") != "PreferenceDataset":
-            raise CorruptFileError(f"{os.fspath(path)!r} holds a {meta.get('kind')!r}, not a PreferenceDataset")
-        ds = cls(meta["capacity"], meta["policy"])
-        n = int(meta["size"])
-        if meta["has_schema"]:
-            if "labels" not in arrays or any(v.shape[0] != n for v in arrays.values()):
-                raise CorruptFileError(f"{os.fspath(path)!r}: arrays do not all have length {n}")
-            ds._allocate(arrays, ds.capacity if ds.capacity is not None else n)
-            for k, v in arrays.items():
-                ds._data[k][:n] = v
-            ds._size = n
-        ds.n_added, ds.n_evicted, ds.n_rejected = int(meta["n_added"]), int(meta["n_evicted"]), int(meta["n_rejected"])
-        return ds
+        return cls._from_stored(arrays, meta, repr(os.fspath(path)))
+
+    def write_to_zip(self, archive: zipfile.ZipFile, prefix: str = "preferences/") -> None:
+        """Store the dataset as ``<prefix><array>.npy`` members (streamed, uncompressed) and
+        ``<prefix>meta.json`` of an open, writable zip archive (e.g. an agent's save file)."""
+        write_zip_arrays(archive, prefix, self._stored(), self._meta())
+
+    @classmethod
+    def read_from_zip(cls, archive: zipfile.ZipFile, prefix: str = "preferences/") -> "PreferenceDataset":
+        """Read a dataset stored by :meth:`write_to_zip`.
+
+        Raises:
+            KeyError: nothing is stored under ``prefix``.
+            CorruptFileError: a member is missing or damaged.
+        """
+        arrays, meta = read_zip_arrays(archive, prefix)
+        return cls._from_stored(arrays, meta, f"{archive.filename or 'the zip archive'!r} ({prefix})")
 
 
 # --------------------------------------------------------------------------------------------
