@@ -57,6 +57,17 @@ class CorruptFileError(ValueError):
     """A file exists but cannot be decoded (truncated, overwritten, wrong format or bad checksum)."""
 
 
+def _new_file_mode(path: str) -> int:
+    """The permission bits of an existing ``path``, else those ``open`` gives a new file (0o666
+    less the umask)."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
     """Open a temporary file next to ``path``; on a clean exit move it over ``path`` atomically.
@@ -77,6 +88,7 @@ def atomic_open(path: PathLike, mode: str = "wb") -> Iterator[BinaryIO]:
         raise FileNotFoundError(f"path: directory {directory!r} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(fd, _new_file_mode(path))  # mkstemp makes 0600 files; keep what open() would give
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()

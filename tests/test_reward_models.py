@@ -343,3 +343,17 @@ def test_zip_array_helpers_round_trip_and_refuse_bad_input(tmp_path):
     assert meta["hello"] == [1, 2] and list(back) == ["a", "b", "c"]
     for k, v in arrays.items():
         assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_write(tmp_path):
+    """mkstemp makes 0600 files: a saved model must be as readable as one written by ``open``,
+    and replacing a file keeps that file's permissions."""
+    umask = os.umask(0o022)
+    try:
+        save_state(tmp_path / "new.pt", "x", {}, {"w": torch.ones(1)})
+        assert os.stat(tmp_path / "new.pt").st_mode & 0o777 == 0o644
+        os.chmod(tmp_path / "new.pt", 0o640)
+        save_state(tmp_path / "new.pt", "x", {}, {"w": torch.zeros(1)})
+        assert os.stat(tmp_path / "new.pt").st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
