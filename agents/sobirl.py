@@ -664,11 +664,14 @@ class BilevelMixin:
             self._demo_data = self.demonstrations.transitions()
 
         losses, norms = [], []
-        for _ in range(self.reward_steps):
+        self._term_norms = (float("nan"), float("nan"))
+        for step in range(self.reward_steps):
             objective = self._reward_objective(on_policy, score_dirs)
             surrogate, direct = objective()
             _require_finite("outer loss (reward-model outputs on the feedback)", direct)
             _require_finite("hypergradient surrogate", surrogate)
+            if step == 0:
+                self._term_norms = self._gradient_norms(direct, surrogate - direct)
             self.reward_optimizer.zero_grad()
             surrogate.backward()
             if self.storm_mu is not None:
@@ -795,10 +798,24 @@ class BilevelMixin:
     def _relabel(self) -> None:
         self.replay_buffer.relabel(self.reward_model, self._env_actions, self.relabel_batch_size)
 
+    def _gradient_norms(self, *terms: th.Tensor) -> Tuple[float, ...]:
+        """The reward-model gradient norm of each term (the graph is kept for the real backward)."""
+        params = [p for p in self.reward_model.parameters() if p.requires_grad]
+        norms = []
+        for term in terms:
+            grads = th.autograd.grad(term, params, retain_graph=True, allow_unused=True) if term.requires_grad else ()
+            norms.append(float(th.sqrt(sum(((g.detach() ** 2).sum() for g in grads if g is not None), th.zeros(())))))
+        return tuple(norms)
+
     def _log_outer(self, losses, norms) -> None:
         self.logger.record("outer/skipped_nonfinite", getattr(self, "_n_skipped_nonfinite", 0))
         self.logger.record("outer/loss", float(np.mean(losses)))
         self.logger.record("outer/hypergrad_norm", float(np.mean(norms)))
+        # at the first reward step: the direct (feedback-loss) gradient against the second term's;
+        # a second term far larger than the first pulls the reward model off its feedback
+        direct_norm, second_norm = getattr(self, "_term_norms", (float("nan"), float("nan")))
+        self.logger.record("outer/direct_grad_norm", direct_norm)
+        self.logger.record("outer/second_term_grad_norm", second_norm)
         self.logger.record("outer/tau", self._tau())
         self.logger.record("outer/n_updates", self._n_outer)
         if self.uses_preferences:
@@ -820,7 +837,7 @@ class BilevelMixin:
     # ------------------------------------------------------------------ persistence
     def _excluded_save_params(self):
         # ``preferences`` is stored as raw arrays next to SB3's members (agents.archive), not pickled into ``data``
-        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots", "preferences"]
+        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots", "preferences", "_term_norms"]
 
     def save(self, path: Union[str, os.PathLike, io.BufferedIOBase], exclude: Optional[Sequence[str]] = None,
              include: Optional[Sequence[str]] = None) -> None:

@@ -59,10 +59,36 @@ def test_logger_keys_and_true_return(tmp_path):
     model.learn(400, log_interval=1)
     with open(tmp_path / "progress.csv") as f:
         logged = f.readline().strip().split(",")
-    for key in ("outer/loss", "outer/hypergrad_norm", "outer/pref_accuracy", "feedback/n_labels", "rollout/true_ep_rew_mean"):
+    for key in ("outer/loss", "outer/hypergrad_norm", "outer/pref_accuracy", "feedback/n_labels", "rollout/true_ep_rew_mean",
+                "outer/direct_grad_norm", "outer/second_term_grad_norm"):
         assert key in logged, key
     # Monitor sits inside the reward wrapper: episode returns are TRUE returns (Pendulum: <= 0)
     assert all(ep["r"] <= 0 for ep in model.ep_info_buffer)
+
+
+def test_the_two_gradient_terms_are_measured_apart():
+    """``outer/direct_grad_norm`` and ``outer/second_term_grad_norm`` are the norms of the feedback
+    loss's gradient and of the second term's, each against its own backward pass; DRLHF's is 0."""
+    for algo in (SoBiRL, DRLHF):
+        model = algo("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), seed=0, **fast_agent_kwargs())
+        model.learn(300)
+        s1, s2, y = model.preferences[np.arange(len(model.preferences))]
+        on_policy = (s1, s2, y)
+        score_dirs = model._score_directions([s1, s2]) if algo is SoBiRL else None
+        surrogate, direct = model._reward_objective(on_policy, score_dirs)()
+        direct_norm, second_norm = model._gradient_norms(direct, surrogate - direct)
+
+        def norm(loss):
+            model.reward_optimizer.zero_grad()
+            loss.backward()
+            return float(th.sqrt(sum((p.grad ** 2).sum() for p in model.reward_model.parameters() if p.grad is not None)))
+
+        assert direct_norm > 0 and direct_norm == pytest.approx(norm(direct), rel=1e-5)
+        second = model._hyper_surrogate(on_policy, score_dirs)
+        if algo is DRLHF:
+            assert second_norm == 0.0 and not second.requires_grad
+        else:
+            assert second_norm > 0 and second_norm == pytest.approx(norm(second), rel=1e-5)
 
 
 @pytest.mark.parametrize("algo", [DiscreteSoBiRL, DiscreteDRLHF])
