@@ -239,9 +239,10 @@ def run_model_based(args: argparse.Namespace) -> str:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['env']} {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
-    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    records = [r for r in records if (r["method"], r.get("params", {})) in settings and r["env"] in envs
-               and r["steps"] == args.steps and r["seed"] < args.seeds]
+    found = [(p, json.loads(p.read_text())) for p in sorted(runs.glob("*.json"))]
+    kept = [(p, r) for p, r in found if (r["method"], r.get("params", {})) in settings and r["env"] in envs
+            and r["steps"] == args.steps and r["seed"] < args.seeds]
+    records = [r for _, r in kept]
     lines = [
         "# Model-based: M-SoBiRL vs SoBiRL vs DRLHF (TRUE reward)",
         "",
@@ -262,7 +263,7 @@ def run_model_based(args: argparse.Namespace) -> str:
         "![learning curves](model_based_curves.png)",
     ]
     report = "\n".join(lines)
-    write_report(out / "model_based.md", report)
+    write_report(out / "model_based.md", report, records=[p for p, _ in kept])
     _plot(records, envs, out / "model_based_curves.png")
     print(report)
     return report

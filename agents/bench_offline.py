@@ -123,7 +123,9 @@ def expert_and_demos(env_id: str, runs: Path, expert_steps: int, max_demos: int)
     from birl.feedback import Demonstrations
 
     zip_path, demo_path, ref_path = runs / f"expert_{env_id}.zip", runs / f"demos_{env_id}.npz", runs / f"reference_{env_id}.json"
-    if zip_path.exists():
+    # a new expert (its zip is not in git: a fresh checkout retrains it) gets new demonstrations and references
+    trained = not zip_path.exists()
+    if not trained:
         expert = SAC.load(zip_path, device="cpu")
     else:
         start = time.perf_counter()
@@ -131,12 +133,12 @@ def expert_and_demos(env_id: str, runs: Path, expert_steps: int, max_demos: int)
         expert.learn(expert_steps)
         expert.save(zip_path)
         print(f"expert: {expert_steps} SAC steps in {time.perf_counter() - start:.0f} s", flush=True)
-    if demo_path.exists():
+    if demo_path.exists() and not trained:
         demos = Demonstrations.load(demo_path)
     else:
         demos = Demonstrations.collect(expert, gym.make(env_id), max_demos, seed=DEMO_SEED, deterministic=True)
         demos.save(demo_path)
-    if ref_path.exists():
+    if ref_path.exists() and not trained:
         ref = json.loads(ref_path.read_text())
     else:
         env = gym.make(env_id)

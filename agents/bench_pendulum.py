@@ -207,9 +207,10 @@ def run_pendulum(args: argparse.Namespace) -> str:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
-    records = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
-    records = [r for r in records if r["method"] in methods and r["steps"] == args.steps
-               and (r["method"] == "sac_true" or r.get("params", {}) == params)]
+    found = [(p, json.loads(p.read_text())) for p in sorted(runs.glob("*.json"))]
+    kept = [(p, r) for p, r in found if r["method"] in methods and r["steps"] == args.steps
+            and (r["method"] == "sac_true" or r.get("params", {}) == params)]
+    records = [r for _, r in kept]
     r_random = random_return()
     report = "\n".join([
         f"# {ENV_ID}: SoBiRL vs DRLHF vs SAC on the true reward",
@@ -229,7 +230,7 @@ def run_pendulum(args: argparse.Namespace) -> str:
         "",
         "![learning curves](pendulum_curves.png)",
     ])
-    write_report(out / "pendulum.md", report)
+    write_report(out / "pendulum.md", report, records=[p for p, _ in kept])
     _plot(records, out / "pendulum_curves.png")
     print(report)
     return report

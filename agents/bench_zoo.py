@@ -16,7 +16,8 @@ Without Ray (or with ``--backend processes``) a local process pool of ``--worker
 
 Resumable.  The driver writes ``<out>/zoo_runs/<suite>/<env>/<run>.json`` for each finished run,
 where ``<run>`` names the algorithm, seed and a hash of every setting that changes the result;
-existing records are not redone (delete one to rerun it).  Within a run, a checkpoint (agent,
+existing records are not redone (delete one to rerun it); records are kept in git, the report
+lists the ones it was made from and is not rewritten from fewer.  Within a run, a checkpoint (agent,
 replay buffer, the evaluation curve and timings so far) is written after every evaluation to
 ``<out>/zoo_logs/<suite>/<env>/<run>/checkpoints`` (newest only; deleted when the run finishes);
 a run that was killed continues from it when the suite is started again (``--no-checkpoints``
@@ -586,7 +587,8 @@ def plot_curves(records: List[Dict[str, Any]], env_id: str, path: Path) -> None:
 def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: str) -> str:
     """Write ``results_<suite>.md``, the PNGs and ``results.md``; return the suite's markdown."""
     out = Path(args.out)
-    records = [json.loads(s.record_path(out).read_text()) for s in specs if s.record_path(out).is_file()]
+    paths = [s.record_path(out) for s in specs if s.record_path(out).is_file()]
+    records = [json.loads(path.read_text()) for path in paths]
     envs = list(dict.fromkeys(s.env_id for s in specs))
     parts = [
         f"## {suite}",
@@ -611,7 +613,7 @@ def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: 
         parts += ["", env_table(records, env_id), "", f"![TRUE return vs env steps]({png})"]
     parts += unfinished(specs, out)
     text = "\n".join(parts) + "\n"
-    write_report(out / f"results_{suite}.md", text)
+    write_report(out / f"results_{suite}.md", text, records=paths)
     sections = [(out / f"results_{name}.md").read_text() for name in SUITES if (out / f"results_{name}.md").is_file()]
     (out / "results.md").write_text("# Benchmarks: SoBiRL vs DRLHF vs SAC on the TRUE reward\n\n" + "\n".join(sections))
     return text

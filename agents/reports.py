@@ -3,25 +3,62 @@ hand, and the sample-efficiency statistic."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import Iterable, List, Optional, Union
 
 import numpy as np
 
 NOTES_MARKER = "<!-- Notes below this line are kept when the report is regenerated. -->"
 
 
-def write_report(path: Union[str, Path], text: str) -> str:
+RECORDS_PREFIX = "<!-- made from run records:"
+
+
+class ReportWouldDropRuns(RuntimeError):
+    """Regenerating a report would silently leave out runs its current version was made from."""
+
+
+def _listed_records(generated: str) -> Optional[List[str]]:
+    """The record names a report's generated part lists (``None`` for a report that lists none:
+    one written before reports listed their records, or without ``records``)."""
+    for line in generated.splitlines():
+        if line.startswith(RECORDS_PREFIX) and line.endswith("-->"):
+            return line[len(RECORDS_PREFIX) : -len("-->")].split()
+    return None
+
+
+def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[Union[str, Path]]] = None) -> str:
     """Write the generated markdown ``text`` to ``path``, keeping everything an existing ``path``
     holds below :data:`NOTES_MARKER`; the marker always ends the generated part.  Returns the file's
-    new content."""
+    new content.
+
+    ``records``: the run records (JSON files) ``text`` was made from.  Their paths, relative to the
+    report's folder, are listed in a comment above the marker, and a report is never regenerated
+    from fewer of them: :class:`ReportWouldDropRuns` is raised, and ``path`` left as it was, when the
+    existing report lists a record that is not among ``records``, or when ``records`` is empty and
+    the existing report (made before reports listed their records) has a generated part.  Run
+    records are what the tables are made of; a fresh checkout without them must not overwrite the
+    committed tables with empty ones."""
     path = Path(path)
     notes = "\n"
+    names = None if records is None else sorted({os.path.relpath(Path(r), path.parent).replace(os.sep, "/") for r in records})
     if path.is_file():
         old = path.read_text()
-        if NOTES_MARKER in old:
-            notes = old.split(NOTES_MARKER, 1)[1]
-    content = f"{text.rstrip()}\n\n{NOTES_MARKER}{notes}"
+        generated, marker, rest = old.partition(NOTES_MARKER)
+        if marker:
+            notes = rest
+        if names is not None:
+            listed = _listed_records(generated)
+            missing = sorted(set(listed) - set(names)) if listed is not None else []
+            if missing or (listed is None and not names and generated.strip()):
+                what = (f"{len(missing)} run record(s) it was made from are missing: {', '.join(missing[:5])}"
+                        + (", ..." if len(missing) > 5 else "") if missing else "no run records were found")
+                raise ReportWouldDropRuns(
+                    f"not regenerating {path}: {what}.  Restore the records (they are kept in git under "
+                    f"{path.parent}/*_runs/) or rerun those runs, or move {path.name} aside to write a report without them")
+    listing = "" if names is None else f"\n\n{RECORDS_PREFIX} {' '.join(names)} -->"
+    content = f"{text.rstrip()}{listing}\n\n{NOTES_MARKER}{notes}"
     path.write_text(content)
     return content
 

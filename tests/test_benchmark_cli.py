@@ -92,3 +92,19 @@ def test_model_based_run_killed_midway_continues_from_its_checkpoint(tmp_path, m
     # the resumed run starts a new 200-step episode at its checkpoint's step (240)
     assert record["resumed"] == 1 and record["steps"] == 600 and [t for t, _ in record["curve"]] == [200, 440]
     assert json.loads(Path(path).read_text()) == record and not bench_model_based.checkpoint_folder(path).exists()
+
+
+def test_offline_expert_retrained_in_a_fresh_checkout_gets_new_demos_and_references(tmp_path):
+    """Only the expert's references are in git: a retrained expert must not reuse another's."""
+    import json
+
+    from agents.bench_offline import expert_and_demos
+
+    first = expert_and_demos("Pendulum-v1", tmp_path, expert_steps=50, max_demos=1)
+    ref_path = tmp_path / "reference_Pendulum-v1.json"
+    assert json.loads(ref_path.read_text())["expert"] == first["expert"]
+    ref_path.write_text(json.dumps({**json.loads(ref_path.read_text()), "expert": 12345.0}))
+    assert expert_and_demos("Pendulum-v1", tmp_path, expert_steps=50, max_demos=1)["expert"] == 12345.0  # all kept: reused
+    (tmp_path / "expert_Pendulum-v1.zip").unlink()  # as in a fresh checkout
+    again = expert_and_demos("Pendulum-v1", tmp_path, expert_steps=50, max_demos=1)
+    assert again["expert"] != 12345.0 and json.loads(ref_path.read_text())["expert"] == again["expert"]

@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -408,6 +409,30 @@ def test_report_only_lists_unfinished_runs_from_their_checkpoints(tmp_path, monk
     assert "at step 20;" in sac_line and sac_line.endswith("at step 40")
     assert f"- Pendulum-v1 random seed 0 (`{random_spec.name()}`): no checkpoint" in text
     assert "No finished training run yet." in text and "| algorithm |" not in text
+
+
+def test_report_only_keeps_the_committed_tables_when_run_records_are_missing(tmp_path):
+    """A checkout without the records a report was made from gets an error, not emptied tables."""
+    import argparse
+
+    from agents import bench_zoo
+    from agents.reports import RECORDS_PREFIX, ReportWouldDropRuns
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    args = parser.parse_args(["--envs", "Pendulum-v1", "--algos", "sac", "--seeds", "1", "--out", str(tmp_path), "--report-only"])
+    random_spec, _ = bench_zoo.plan("mujoco", args)
+    record = random_spec.record_path(tmp_path)
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({**asdict(random_spec), "hyperparams": [], "final_return": -1234.5}))
+    assert "-1234.5" in bench_zoo.run_mujoco(args)
+    report = tmp_path / "results_mujoco.md"
+    made = report.read_text()
+    assert f"{RECORDS_PREFIX} {record.relative_to(tmp_path).as_posix()} -->" in made
+    record.unlink()
+    with pytest.raises(ReportWouldDropRuns, match=record.name):
+        bench_zoo.run_mujoco(args)
+    assert report.read_text() == made
 
 
 def test_benchmark_run_stopped_by_keyboard_interrupt_is_not_a_finished_run(tmp_path, monkeypatch):
