@@ -36,8 +36,8 @@ def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[U
     ``records``: the run records (JSON files) ``text`` was made from.  Their paths, relative to the
     report's folder, are listed in a comment above the marker, and a report is never regenerated
     from fewer of them: :class:`ReportWouldDropRuns` is raised, and ``path`` left as it was, when the
-    existing report lists a record that is not among ``records``, or when ``records`` is empty and
-    the existing report (made before reports listed their records) has a generated part.  Run
+    existing report lists a record that is not among ``records``, or lists none at all (made before
+    reports listed their records, its records may be gone) and has a generated part.  Run
     records are what the tables are made of; a fresh checkout without them must not overwrite the
     committed tables with empty ones."""
     path = Path(path)
@@ -51,9 +51,10 @@ def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[U
         if names is not None:
             listed = _listed_records(generated)
             missing = sorted(set(listed) - set(names)) if listed is not None else []
-            if missing or (listed is None and not names and generated.strip()):
+            if missing or (listed is None and generated.strip()):
                 what = (f"{len(missing)} run record(s) it was made from are missing: {', '.join(missing[:5])}"
-                        + (", ..." if len(missing) > 5 else "") if missing else "no run records were found")
+                        + (", ..." if len(missing) > 5 else "") if missing else
+                        "it does not list the run records it was made from (it predates such lists), so they may be missing")
                 raise ReportWouldDropRuns(
                     f"not regenerating {path}: {what}.  Restore the records (they are kept in git under "
                     f"{path.parent}/*_runs/) or rerun those runs, or move {path.name} aside to write a report without them")

@@ -39,12 +39,14 @@ def test_a_report_is_never_regenerated_from_fewer_run_records(tmp_path):
 
 
 def test_a_report_that_lists_no_records_is_not_replaced_by_an_empty_one(tmp_path):
-    """A report from before records were listed (as committed, records lost) keeps its table."""
+    """A report from before records were listed (its records possibly lost) is never rewritten."""
     path = tmp_path / "report.md"
     path.write_text(f"| sobirl | 1094.8 |\n\n{NOTES_MARKER}\n\nNotes.\n")
-    with pytest.raises(ReportWouldDropRuns, match="no run records were found"):
-        write_report(path, "No finished run yet.", records=[])
+    for records in ([], [tmp_path / "x_runs" / "r.json"]):
+        with pytest.raises(ReportWouldDropRuns, match="does not list the run records"):
+            write_report(path, "| sobirl | 900 |", records=records)
     assert "1094.8" in path.read_text()
+    path.rename(tmp_path / "old.md")  # moved aside, as the error says
     assert f"{RECORDS_PREFIX} x_runs/r.json -->" in write_report(path, "| sobirl | 900 |", records=[tmp_path / "x_runs" / "r.json"])
     fresh = tmp_path / "fresh.md"
     assert write_report(fresh, "No finished run yet.", records=[]) == write_report(fresh, "No finished run yet.", records=[])
