@@ -10,6 +10,7 @@ archive as ``preferences/<array>.npy`` members plus ``preferences/meta.json``
 
 * :func:`save_agent_archive` writes such an archive, atomically when given a path.
 * :func:`read_stored_preferences` reads the dataset back from an archive (``None`` if it has none).
+* :func:`read_saved_data` decodes chosen entries of the archive's ``data`` (e.g. the action space).
 * :func:`load_preferences` reads it from any bilevel agent file, including those written before
   this layout (dataset pickled in ``data``), without building the agent.
 """
@@ -22,7 +23,7 @@ import pathlib
 import shutil
 import tempfile
 import zipfile
-from typing import Any, BinaryIO, Callable, Iterator, Optional, Union
+from typing import Any, BinaryIO, Callable, Dict, Iterable, Iterator, Optional, Union
 
 from birl.feedback import PreferenceDataset
 from birl.serialization import atomic_open
@@ -110,6 +111,28 @@ def read_stored_preferences(path: PathOrFile) -> Optional[PreferenceDataset]:
             return None
 
 
+def read_saved_data(path: PathOrFile, keys: Iterable[str], custom_objects: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The entries ``keys`` of an SB3 archive's ``data`` member, decoded as SB3's ``load`` would
+    (``custom_objects`` replaces entries by name), without reading the network parameters or
+    unpickling the other entries.  Keys the archive does not hold are left out.
+
+    Raises:
+        FileNotFoundError: ``path`` names no file.
+        ValueError: the archive has no ``data`` member.
+    """
+    import json
+
+    from stable_baselines3.common.save_util import json_to_data
+
+    with _open_archive(path) as archive:
+        try:
+            raw = json.loads(archive.read("data").decode())
+        except KeyError as error:
+            raise ValueError(f"path: {path!r} is not an SB3 agent archive (no 'data' member)") from error
+    wanted = {key: raw[key] for key in keys if key in raw}
+    return json_to_data(json.dumps(wanted), custom_objects={k: v for k, v in (custom_objects or {}).items() if k in wanted})
+
+
 def load_preferences(path: PathOrFile) -> PreferenceDataset:
     """The preference dataset of a saved bilevel agent (a file name, or a binary file object),
     without building the agent.
@@ -123,10 +146,7 @@ def load_preferences(path: PathOrFile) -> PreferenceDataset:
     stored = read_stored_preferences(path)
     if stored is not None:
         return stored
-    from stable_baselines3.common.save_util import load_from_zip_file
-
-    data, _, _ = load_from_zip_file(path if _is_file(path) else _zip_path(path, reading=True), device="cpu")
-    stored = (data or {}).get("preferences")
+    stored = read_saved_data(path, ["preferences"]).get("preferences")
     if not isinstance(stored, PreferenceDataset):
         raise ValueError(f"path: {path!r} holds no preference dataset")
     return stored

@@ -317,10 +317,12 @@ class ZooAlgorithm:
         if env is not None:
             action_space = env.action_space
         else:
-            from stable_baselines3.common.save_util import load_from_zip_file
+            from agents.archive import read_saved_data
 
-            data, _, _ = load_from_zip_file(path, device="cpu", custom_objects=kwargs.get("custom_objects"))
-            action_space = data["action_space"]
+            # only the action space: not the parameters, nor an old archive's pickled preferences
+            action_space = read_saved_data(path, ["action_space"], kwargs.get("custom_objects")).get("action_space")
+            if action_space is None:
+                raise ValueError(f"path: {path!r} does not record its action space; pass env= to load it")
         return self.select(action_space).load(path, env=env, **kwargs)
 
 

@@ -156,3 +156,28 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
     assert extra_mb < 0.5 * size_mb, f"saving a {size_mb} MB dataset raised peak RSS by {extra_mb:.0f} MB"
     back = load_preferences(tmp_path / "big.zip")
     assert len(back) == n and back.arrays()["obs1"].shape == (n, h, dim) and bool((back.arrays()["obs2"] == 1).all())
+
+
+def test_read_saved_data_decodes_only_the_entries_asked_for(tmp_path):
+    """The action space of an old archive, without unpickling its dataset or reading its weights."""
+    from gymnasium.spaces import Box
+
+    from agents import zoo
+    from agents.archive import read_saved_data
+
+    data = read_saved_data(OLD_FILE, ["action_space", "no_such_key"])
+    assert list(data) == ["action_space"] and isinstance(data["action_space"], Box) and data["action_space"].shape == (1,)
+    assert digest(read_saved_data(OLD_FILE, ["preferences"])["preferences"]) == OLD_DIGEST
+    assert read_saved_data(OLD_FILE, ["gamma"], custom_objects={"gamma": 0.5, "tau": 1.0}) == {"gamma": 0.5}
+    with open(OLD_FILE, "rb") as f:  # a file object is read in place, left open
+        assert read_saved_data(f, ["action_space"])["action_space"] == data["action_space"] and not f.closed
+    agent = zoo.ALGORITHMS["sobirl"].load(OLD_FILE)  # no env: the class comes from the saved action space
+    assert isinstance(agent, SoBiRL) and len(agent.preferences) == len(OLD_LABELS)
+    with pytest.raises(FileNotFoundError, match="path"):
+        read_saved_data(tmp_path / "missing.zip", ["action_space"])
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:
+        archive.writestr("readme.txt", "not an agent")
+    with pytest.raises(ValueError, match="not an SB3 agent archive"):
+        read_saved_data(tmp_path / "other.zip", ["action_space"])
+    with pytest.raises(ValueError, match="not an SB3 agent archive"):
+        zoo.ALGORITHMS["sobirl"].load(tmp_path / "other.zip")
