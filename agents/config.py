@@ -308,7 +308,7 @@ _GROUP_TYPES: Dict[str, Spec] = {
     "reward_model": ("object", "None"),
     "estimator": ("str", "None"),
     "storm_mu": ("float", "None"),
-    "query_schedule": ("str", "object"),
+    "query_schedule": ("str", "mapping", "object"),
     "dynamics_kwargs": ("mapping", "None"),
     "model_fit_kwargs": ("mapping", "None"),
     "branch_steps": ("integer", "None"),

@@ -48,8 +48,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.vec_env import VecEnv
 
-from agents.sobirl import BilevelMixin, SoBiRL
-from birl.feedback import BudgetedSchedule, QuerySchedule, SyntheticTeacher
+from agents.sobirl import BilevelMixin, SoBiRL, budgeted_schedule
+from birl.feedback import QuerySchedule, SyntheticTeacher
 from birl.reward_models import MlpReward, RewardModel, load_reward_model
 
 __all__ = [
@@ -235,9 +235,8 @@ class MetaRewardLearner:
             if agent.num_timesteps == 0 and not isinstance(agent.query_schedule, QuerySchedule):
                 # SB3 plans the agent's budget per learn() call; the chunks below are many calls,
                 # so the budget is planned here over the whole run instead.
-                front = 0.25 if agent.query_schedule == "front_loaded" else 0.0
                 total = max(1, self._n_outer_steps(agent, steps_per_task) - 1)
-                agent.query_schedule = BudgetedSchedule(agent.n_queries, total, initial_fraction=front)
+                agent.query_schedule = budgeted_schedule(agent.query_schedule, agent.n_queries, total)
         done = 0
         while done < steps_per_task:
             n = min(self.chunk_steps, steps_per_task - done)

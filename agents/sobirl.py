@@ -41,7 +41,7 @@ import copy
 import io
 import os
 import warnings
-from typing import Any, Callable, ClassVar, Dict, Optional, Sequence, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import gymnasium as gym
 import numpy as np
@@ -141,6 +141,34 @@ def _check_feedback(feedback):
     return sources if isinstance(feedback, (list, tuple)) else feedback
 
 
+
+#: options a ``query_schedule`` mapping may set (:class:`birl.feedback.BudgetedSchedule`'s shape)
+SCHEDULE_OPTIONS = ("initial_fraction", "decay")
+
+
+def budgeted_schedule(spec: Union[str, Dict[str, float]], n_queries: int, total_steps: int) -> BudgetedSchedule:
+    """The :class:`BudgetedSchedule` that spreads ``n_queries`` over ``total_steps`` outer steps
+    as ``spec`` says: ``"budgeted"`` (evenly), ``"front_loaded"`` (a quarter at the first step,
+    the rest evenly) or a mapping of ``initial_fraction`` and ``decay``; a bad spec raises
+    ``ValueError`` naming ``query_schedule``."""
+    if isinstance(spec, str):
+        if spec not in ("budgeted", "front_loaded"):
+            raise ValueError(
+                f"query_schedule must be 'budgeted', 'front_loaded', a mapping of {SCHEDULE_OPTIONS} or a QuerySchedule, "
+                f"got {spec!r}"
+            )
+        spec = {"initial_fraction": 0.25 if spec == "front_loaded" else 0.0}
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"query_schedule must be a str, a mapping or a QuerySchedule, got {spec!r}")
+    unknown = sorted(set(spec) - set(SCHEDULE_OPTIONS))
+    if unknown:
+        raise ValueError(f"query_schedule has unknown option(s) {unknown}; it takes {list(SCHEDULE_OPTIONS)}")
+    try:
+        return BudgetedSchedule(int(n_queries), int(total_steps), **{k: float(v) for k, v in spec.items()})
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"query_schedule {dict(spec)!r}: {err}") from None
+
+
 class BilevelMixin:
     """The outer level shared by the continuous and discrete agents (see module docstring)."""
 
@@ -158,7 +186,7 @@ class BilevelMixin:
         reward_model: Optional[RewardModel],
         estimator: Optional[str],
         n_queries: int,
-        query_schedule: Union[str, QuerySchedule],
+        query_schedule: Union[str, Dict[str, float], QuerySchedule],
         query_selection: str,
         n_candidates: int,
         segment_length: int,
@@ -214,8 +242,8 @@ class BilevelMixin:
             raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
         if storm_mu is not None and not 0 < storm_mu <= 1:
             raise ValueError(f"storm_mu must lie in (0, 1], got {storm_mu!r}")
-        if isinstance(query_schedule, str) and query_schedule not in ("budgeted", "front_loaded"):
-            raise ValueError(f"query_schedule must be 'budgeted', 'front_loaded' or a QuerySchedule, got {query_schedule!r}")
+        if not isinstance(query_schedule, QuerySchedule):
+            budgeted_schedule(query_schedule, 1, 1)  # checks a name or a mapping before training starts
         if query_selection not in ("uniform", "disagreement", "entropy"):
             raise ValueError(f"query_selection must be 'uniform', 'disagreement' or 'entropy', got {query_selection!r}")
         if not isinstance(absorbing_states, (bool, np.bool_)):
@@ -441,8 +469,7 @@ class BilevelMixin:
     def _schedule(self) -> QuerySchedule:
         if isinstance(self.query_schedule, QuerySchedule):
             return self.query_schedule
-        front = 0.25 if self.query_schedule == "front_loaded" else 0.0
-        return BudgetedSchedule(self.n_queries, self._outer_total or 1, initial_fraction=front)
+        return budgeted_schedule(self.query_schedule, self.n_queries, self._outer_total or 1)
 
     def _recent_window(self) -> Dict[str, np.ndarray]:
         """The last ``outer_freq`` transitions per env, in time order (nearly on-policy data),
@@ -925,7 +952,10 @@ class SoBiRL(BilevelMixin, SAC):
         n_queries: total preference budget of the agent (spent over the first ``learn`` call;
             later calls ask only what is left of it).
         query_schedule: ``"front_loaded"`` (a quarter at the first outer step, the rest evenly),
-            ``"budgeted"`` (evenly) or a :class:`birl.feedback.QuerySchedule` over outer steps.
+            ``"budgeted"`` (evenly), a mapping of :class:`birl.feedback.BudgetedSchedule` options
+            (``{"initial_fraction": 0.25, "decay": 10.0}``: a quarter first, the rest at a
+            hyperbolically falling rate; YAML- and ``-params``-friendly) or a
+            :class:`birl.feedback.QuerySchedule` over outer steps.
         query_selection: ``"uniform"``, ``"disagreement"`` or ``"entropy"`` (the last two need a
             :class:`birl.reward_models.RewardEnsemble`), picking among ``n_candidates`` per query.
         segment_length: fragment length ``H``.

@@ -4,11 +4,12 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import configure
 
 from agents.sobirl import DRLHF, DiscreteDRLHF, DiscreteSoBiRL, SoBiRL
 from agents.successor import reward_head_gradient
-from birl.feedback import Demonstrations, SyntheticTeacher, sample_segments_from_buffer
+from birl.feedback import BudgetedSchedule, Demonstrations, SyntheticTeacher, sample_segments_from_buffer
 from birl.hypergrad import hypergradient
 from birl.losses import DemonstrationNLL
 from birl.reward_models import MlpReward
@@ -139,6 +140,33 @@ def test_bad_input_fails_at_construction():
         DRLHF("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(), estimator="successor")
     with pytest.raises(TypeError, match="feedback must be"):
         SoBiRL("MlpPolicy", "Pendulum-v1", feedback="labels.npz")
+
+
+def test_query_schedule_mapping_spends_the_budget_as_budgeted_schedule_says():
+    """A mapping ``query_schedule`` is :class:`BudgetedSchedule`'s options: labels asked by each
+    outer step follow its cumulative curve, front-loaded and never past ``n_queries``."""
+    mdp, x_true, env = tabular_env()
+    spec = {"initial_fraction": 0.25, "decay": 10.0}
+    model = DiscreteDRLHF("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), seed=0, gamma=0.9,
+                          **fast_agent_kwargs(n_queries=40, query_schedule=spec))
+    asked = []
+
+    class Record(BaseCallback):
+        def _on_step(self):
+            if self.model.num_timesteps % 100 == 2 and self.model.num_timesteps > 100:  # after outer steps 101, 201, ...
+                asked.append(self.model._n_asked)
+            return True
+
+    model.learn(1000, callback=Record())
+    expected = BudgetedSchedule(40, model._outer_total, **spec)
+    assert asked == [expected.cumulative(k) for k in range(len(asked))]
+    assert asked[0] == 10 and asked[-1] == 40 and len(model.preferences) == 40
+    steps = np.diff(asked)  # falling rate: more labels early than an even spread would ask
+    assert steps[0] > steps[-1] and asked[len(asked) // 2] > 10 + 30 * (len(asked) // 2) / (len(asked) - 1)
+    for bad, match in [({"decay": -1.0}, "decay must be finite"), ({"initial": 0.5}, r"unknown option\(s\) \['initial'\]"),
+                       ({"initial_fraction": "half"}, "query_schedule"), (["decay"], "query_schedule must be")]:
+        with pytest.raises(ValueError, match=match):
+            DiscreteDRLHF("MlpPolicy", env, feedback=SyntheticTeacher(), query_schedule=bad)
 
 
 def test_successor_estimator_matches_exact_on_tabular_env():
