@@ -23,7 +23,6 @@ normalised scores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,7 +33,7 @@ from typing import Dict
 
 import numpy as np
 
-from agents.reports import write_report
+from agents.reports import write_record, write_report
 
 ENV_ID = "Pendulum-v1"
 METHODS = ("preferences", "demonstrations", "joint", "bc")
@@ -91,7 +90,7 @@ def _run(method: str, seed: int, args: Dict, demos, path: str) -> Dict:
     returns = evaluate(model, ENV_ID)
     record = {"method": method, "seed": seed, "true_return": float(np.mean(returns)), "returns": returns,
               "mixed_pref_accuracy": accuracy, "labels": labels, "wall_s": time.perf_counter() - start, "settings": args}
-    Path(path).write_text(json.dumps(record))
+    write_record(path, record)
     return record
 
 
@@ -146,7 +145,7 @@ def run_joint(args: argparse.Namespace, command: str) -> str:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
-    by_row = {label: [json.loads(path(m, seed, st).read_text()) for seed in range(args.seeds)] for label, m, st in rows}
+    by_row = {label: [read_record(path(m, seed, st)) for seed in range(args.seeds)] for label, m, st in rows}
     r_exp, r_rand = float(np.mean(ref["expert"])), float(np.mean(ref["random"]))
     rate = args.queries / args.demos
     budget = {"preferences": f"{args.queries} preferences", "demonstrations": f"{args.demos} trajectories",

@@ -38,7 +38,6 @@ one torch thread.  Writes ``<out>/meta_pendulum.md`` and ``<out>/meta_pendulum.p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -49,7 +48,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from agents.reports import write_report
+from agents.reports import read_record, write_record, write_report
 
 METHODS = {"meta": "meta (SoBiRL)", "pooled": "pooled (DRLHF)"}
 #: training variants (m, l) and held-out variants: one between them, one outside (weaker torque)
@@ -142,7 +141,7 @@ def train_run(method: str, seed: int, args, paths: Dict[str, Path]) -> Dict:
         "train_true_returns": train_returns, "train_pref_accuracy": learner.preference_accuracy(),
         "labels": learner.n_labels,
     }
-    paths["json"].write_text(json.dumps(record))
+    write_record(paths["json"], record)
     return record
 
 
@@ -162,7 +161,7 @@ def reference_run(variant, seed: int, args, paths: Dict[str, Path]) -> Dict:
     mean, std = _evaluate(sac, variant, seed)
     record = {"kind": "reference", "method": "sac_true", "seed": seed, "variant": list(variant),
               "eval_steps": args.eval_steps, "true_return": mean, "true_return_std": std, "wall_s": wall}
-    paths["json"].write_text(json.dumps(record))
+    write_record(paths["json"], record)
     return record
 
 
@@ -193,7 +192,7 @@ def heldout_run(method: str, variant, seed: int, args, paths: Dict[str, Path], r
     record = {"kind": "heldout", "method": method, "seed": seed, "variant": list(variant), "eval_steps": args.eval_steps,
               "true_return": mean, "true_return_std": std, "pref_acc_reference_rollouts": acc_ref,
               "pref_acc_own_rollouts": acc_own, "wall_s": wall}
-    paths["json"].write_text(json.dumps(record))
+    write_record(paths["json"], record)
     return record
 
 
@@ -344,7 +343,7 @@ def run_meta_pendulum(args: argparse.Namespace, command: str) -> int:
 
     def unit(path: Path, fn, *fn_args) -> Dict:
         if path.exists():
-            return json.loads(path.read_text())
+            return read_record(path)
         t0 = time.perf_counter()
         rec = fn(*fn_args)
         print(f"done {path.name} in {time.perf_counter() - t0:.0f} s (total {time.perf_counter() - start:.0f} s)", flush=True)

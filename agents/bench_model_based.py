@@ -23,7 +23,6 @@ as the suite's SoBiRL, DRLHF and SAC runs; its table gives env steps to a normal
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -36,7 +35,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from agents.bench_pendulum import params_tag, parse_params
-from agents.reports import steps_to_target, write_report
+from agents.reports import read_record, steps_to_target, write_record, write_report
 
 METHODS = ("sac_true", "msobirl", "sobirl", "drlhf")
 
@@ -130,7 +129,7 @@ def _run(method: str, env_id: str, seed: int, steps: int, queries: int, path: st
     record = {"method": method, "env": env_id, "seed": seed, "steps": steps, "true_return": float(mean_r),
               "true_return_std": float(std_r), "wall_s": done["wall_s"], "curve": curve, "resumed": done["resumed"],
               "labels": len(model.preferences) if hasattr(model, "preferences") else 0, "params": params}
-    Path(path).write_text(json.dumps(record))
+    write_record(path, record)
     shutil.rmtree(folder, ignore_errors=True)  # the record is written: the run is complete
     return record
 
@@ -239,7 +238,7 @@ def run_model_based(args: argparse.Namespace) -> str:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['env']} {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
-    found = [(p, json.loads(p.read_text())) for p in sorted(runs.glob("*.json"))]
+    found = [(p, read_record(p)) for p in sorted(runs.glob("*.json"))]
     kept = [(p, r) for p, r in found if (r["method"], r.get("params", {})) in settings and r["env"] in envs
             and r["steps"] == args.steps and r["seed"] < args.seeds]
     records = [r for _, r in kept]

@@ -31,7 +31,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from agents.reports import write_report
+from agents.reports import read_record, write_record, write_report
 
 EVAL_SEED = 10_000  # evaluation episodes use seeds EVAL_SEED, EVAL_SEED + 1, ...
 DEMO_SEED = 1_000
@@ -139,12 +139,12 @@ def expert_and_demos(env_id: str, runs: Path, expert_steps: int, max_demos: int)
         demos = Demonstrations.collect(expert, gym.make(env_id), max_demos, seed=DEMO_SEED, deterministic=True)
         demos.save(demo_path)
     if ref_path.exists() and not trained:
-        ref = json.loads(ref_path.read_text())
+        ref = read_record(ref_path)
     else:
         env = gym.make(env_id)
         ref = {"expert": evaluate(expert, env_id), "random": evaluate(_Random(env.action_space, 0), env_id),
                "demo_returns": demos.returns().tolist(), "expert_steps": expert_steps}
-        ref_path.write_text(json.dumps(ref))
+        write_record(ref_path, ref)
     return {"demos": demos, "expert_model": expert, **ref}
 
 
@@ -209,7 +209,7 @@ def run_one(method: str, env_id: str, n_demos: int, seed: int, steps: int, demos
     rec = {"method": method, "env": env_id, "n_demos": n_demos, "n_transitions": data.n_transitions, "seed": seed,
            "returns": returns, "true_return": float(np.mean(returns)), "wall_s": wall,
            "settings": json.loads(json.dumps(settings, default=list)), **extra}
-    path.write_text(json.dumps(rec))
+    write_record(path, rec)
     return rec
 
 
@@ -264,7 +264,7 @@ def run_offline(args: argparse.Namespace, command: str) -> str:
                 tag = f"_play{args.play_episodes}" if method != "bc" and play is not None else ""
                 path = runs / f"{method}_n{n}_seed{seed}{tag}.json"
                 if path.exists():
-                    rec = json.loads(path.read_text())
+                    rec = read_record(path)
                     if method != "bc" and rec.get("steps") != args.steps:
                         rec = None  # a different step budget: rerun
                 else:

@@ -15,7 +15,6 @@ shows TRUE training-episode returns against env steps.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -26,7 +25,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from agents.reports import write_report
+from agents.reports import read_record, write_record, write_report
 
 METHODS = ("sac_true", "sobirl", "sobirl_myopic", "drlhf")
 ENV_ID = "Pendulum-v1"
@@ -115,7 +114,7 @@ def _run(method: str, seed: int, steps: int, queries: int, path: str, params: Di
         ),
         "params": params,
     }
-    Path(path).write_text(json.dumps(record))
+    write_record(path, record)
     return record
 
 
@@ -207,7 +206,7 @@ def run_pendulum(args: argparse.Namespace) -> str:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(_run, *zip(*jobs)) if jobs else []:
             print(f"done {rec['method']} seed {rec['seed']}: TRUE return {rec['true_return']:.1f}, {rec['wall_s']:.0f} s", flush=True)
-    found = [(p, json.loads(p.read_text())) for p in sorted(runs.glob("*.json"))]
+    found = [(p, read_record(p)) for p in sorted(runs.glob("*.json"))]
     kept = [(p, r) for p, r in found if r["method"] in methods and r["steps"] == args.steps
             and (r["method"] == "sac_true" or r.get("params", {}) == params)]
     records = [r for _, r in kept]

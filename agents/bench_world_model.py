@@ -37,7 +37,6 @@ rerun).  Writes ``<out>/world_model.md`` and ``<out>/world_model.png``.  One pro
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -47,7 +46,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from agents.reports import write_report
+from agents.reports import read_record, write_record, write_report
 
 MODELS = ("ensemble", "single", "soft")
 LABELS = {"ensemble": "NLL, GaussianEnsemble (5 members, 3 elites)", "single": "NLL, one Gaussian MLP",
@@ -304,7 +303,7 @@ def run_one(name: str, seed: int, data: Dict, args: argparse.Namespace, path: Pa
         rec["sac_s"] = time.perf_counter() - t0
         rec["returns"] = true_returns(lambda o: sac.predict(o, deterministic=True)[0])
         rec["true_return"] = float(np.mean(rec["returns"]))
-    path.write_text(json.dumps(rec))
+    write_record(path, rec)
     return rec
 
 
@@ -385,13 +384,13 @@ def run_world_model(args: argparse.Namespace, command: str) -> str:
     for seed in range(args.seeds):
         for name in names:
             path = runs / f"{name}_seed{seed}.json"
-            rec = json.loads(path.read_text()) if path.exists() else None
+            rec = read_record(path) if path.exists() else None
             if rec is not None and rec.get("settings") != settings:
                 rec = None  # other settings: rerun
             if rec is None:
                 rec = run_one(name, seed, data, args, path)
                 rec["settings"] = settings
-                path.write_text(json.dumps(rec))
+                write_record(path, rec)
             print(f"done {name} seed {seed}: " + ", ".join(f"{k} {rec[k]:.4g}" for k in ("nll", "mse", "true_return", "fit_s", "sac_s") if k in rec),
                   flush=True)
             records.append(rec)

@@ -52,7 +52,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from agents.reports import steps_to_target, write_report
+from agents.reports import read_record, steps_to_target, write_record, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ALGOS = ("sobirl", "drlhf", "sac")
@@ -436,7 +436,7 @@ def execute(specs: List[RunSpec], args: argparse.Namespace) -> None:
     for spec in specs:
         path = spec.record_path(out)
         if path.is_file():
-            changed = _config_change(json.loads(path.read_text()).get("config"), zoo_config(spec))
+            changed = _config_change(read_record(path).get("config"), zoo_config(spec))
             if not changed:
                 continue
             print(f"{spec.name()}: the zoo config changed since this run ({', '.join(changed)}); "
@@ -449,8 +449,7 @@ def execute(specs: List[RunSpec], args: argparse.Namespace) -> None:
     runner = _execute_ray if _use_ray(args.backend) else _execute_processes
     for spec, record in runner(todo, args, log_root):
         path = spec.record_path(out)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
+        write_record(path, record)
         print(f"done {spec.env_id} {spec.algo} seed {spec.seed}: TRUE return {record['final_return']:.1f}", flush=True)
 
 
@@ -588,7 +587,7 @@ def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: 
     """Write ``results_<suite>.md``, the PNGs and ``results.md``; return the suite's markdown."""
     out = Path(args.out)
     paths = [s.record_path(out) for s in specs if s.record_path(out).is_file()]
-    records = [json.loads(path.read_text()) for path in paths]
+    records = [read_record(path) for path in paths]
     envs = list(dict.fromkeys(s.env_id for s in specs))
     parts = [
         f"## {suite}",

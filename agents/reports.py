@@ -1,18 +1,46 @@
-"""Shared pieces of the benchmark reports: writing them without losing the notes people add by
-hand, and the sample-efficiency statistic."""
+"""Shared pieces of the benchmarks: run records written so that a killed run never leaves a
+truncated one, reports written without losing the notes people add by hand, and the
+sample-efficiency statistic."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Union
+from typing import Any, Dict, Iterable, List, Optional, Union
 
 import numpy as np
+
+from birl.serialization import CorruptFileError, atomic_open, atomic_write_json
 
 NOTES_MARKER = "<!-- Notes below this line are kept when the report is regenerated. -->"
 
 
 RECORDS_PREFIX = "<!-- made from run records:"
+
+
+def write_record(path: Union[str, Path], record: Dict[str, Any]) -> None:
+    """Write one run's ``record`` (JSON) to ``path`` atomically, making its folder: a run or driver
+    killed mid-write leaves the previous file (or none), never a truncated one that a resumed suite
+    or a report would trip over."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, record)
+
+
+def read_record(path: Union[str, Path]) -> Dict[str, Any]:
+    """The run record at ``path``; :class:`birl.serialization.CorruptFileError` naming the file
+    when it is not a JSON object (delete or restore it from git to rerun that run)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"run record {path} is not valid JSON ({err}); restore it from git or delete it "
+                               "to rerun that run") from err
+    if not isinstance(record, dict):
+        raise CorruptFileError(f"run record {path} holds a {type(record).__name__}, not a JSON object; restore it "
+                               "from git or delete it to rerun that run")
+    return record
 
 
 class ReportWouldDropRuns(RuntimeError):
@@ -60,7 +88,8 @@ def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[U
                     f"{path.parent}/*_runs/) or rerun those runs, or move {path.name} aside to write a report without them")
     listing = "" if names is None else f"\n\n{RECORDS_PREFIX} {' '.join(names)} -->"
     content = f"{text.rstrip()}{listing}\n\n{NOTES_MARKER}{notes}"
-    path.write_text(content)
+    with atomic_open(path, "w") as f:  # the notes below the marker exist nowhere else
+        f.write(content)
     return content
 
 

@@ -1,8 +1,10 @@
-"""Regenerating a benchmark report keeps the notes written under its marker and every run it was made from."""
+"""Regenerating a benchmark report keeps the notes written under its marker and every run it was
+made from; run records are written atomically and a damaged one is named, not skipped."""
 
 import pytest
 
-from agents.reports import NOTES_MARKER, RECORDS_PREFIX, ReportWouldDropRuns, write_report
+from agents.reports import NOTES_MARKER, RECORDS_PREFIX, ReportWouldDropRuns, read_record, write_record, write_report
+from birl.serialization import CorruptFileError
 
 
 def test_regenerating_a_report_keeps_hand_notes_and_replaces_the_table(tmp_path):
@@ -50,3 +52,21 @@ def test_a_report_that_lists_no_records_is_not_replaced_by_an_empty_one(tmp_path
     assert f"{RECORDS_PREFIX} x_runs/r.json -->" in write_report(path, "| sobirl | 900 |", records=[tmp_path / "x_runs" / "r.json"])
     fresh = tmp_path / "fresh.md"
     assert write_report(fresh, "No finished run yet.", records=[]) == write_report(fresh, "No finished run yet.", records=[])
+
+
+def test_a_run_record_round_trips_and_a_failed_write_keeps_the_old_one(tmp_path):
+    path = tmp_path / "zoo_runs" / "atari" / "run.json"  # folders are made
+    write_record(path, {"final_return": -20.3, "curve_returns": [-21.0, -20.3]})
+    assert read_record(path) == {"final_return": -20.3, "curve_returns": [-21.0, -20.3]}
+    with pytest.raises(TypeError):  # not JSON-serialisable: the write fails half-way through the dump
+        write_record(path, {"final_return": -19.0, "model": object()})
+    assert read_record(path)["final_return"] == -20.3
+    assert [p.name for p in path.parent.iterdir()] == ["run.json"]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("content", ['{"final_return": -20', "[1, 2]", "\xff\xfe"])
+def test_a_damaged_run_record_is_named_in_the_error(tmp_path, content):
+    path = tmp_path / "run.json"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(CorruptFileError, match="run.json"):
+        read_record(path)
