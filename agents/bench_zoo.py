@@ -537,22 +537,47 @@ def env_table(records: List[Dict[str, Any]], env_id: str) -> str:
     return "\n".join(lines)
 
 
+def _logged_evaluations(log_folder: Path) -> List[Tuple[int, float]]:
+    """``(step, mean TRUE return)`` of each evaluation in the newest ``evaluations.npz`` that
+    rl_zoo3's EvalCallback wrote under ``log_folder`` (``<algo>/<env>_<k>/``); empty when there is
+    none or it cannot be read (the callback may be rewriting it right now)."""
+    import zipfile
+
+    files = sorted(log_folder.glob("*/*/evaluations.npz"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        return []
+    try:
+        with np.load(files[-1]) as data:
+            return list(zip(data["timesteps"].tolist(), np.mean(data["results"], axis=1).tolist()))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return []
+
+
+def _curve_text(curve: List[Tuple[int, float]]) -> str:
+    return "; ".join(f"{r:.1f} at step {t}" for t, r in curve)
+
+
 def unfinished(specs: List[RunSpec], out: Path) -> List[str]:
-    """Markdown lines for the runs without a record: the evaluations of their newest checkpoint."""
+    """Markdown lines for the runs without a record: the evaluations of their newest checkpoint or,
+    for a run without one (``--no-checkpoints``, or stopped before its first), those its rl_zoo3
+    log folder holds."""
     from agents.checkpoint import find_checkpoint, stored_progress
 
     lines = []
     for spec in specs:
         if spec.record_path(out).is_file():
             continue
-        progress = stored_progress(find_checkpoint(spec.log_folder(out / "zoo_logs") / "checkpoints"))
+        folder = spec.log_folder(out / "zoo_logs")
+        progress = stored_progress(find_checkpoint(folder / "checkpoints"))
         curve = list(zip(progress.get("curve_steps", []), progress.get("curve_returns", [])))
-        state = "; ".join(f"{r:.1f} at step {t}" for t, r in curve) if curve else "no checkpoint"
+        logged = [] if curve else _logged_evaluations(folder)
+        state = (_curve_text(curve) if curve else
+                 f"{_curve_text(logged)} (no checkpoint: its log folder's evaluations.npz)" if logged else "no checkpoint")
         lines.append(f"- {spec.env_id} {spec.algo} seed {spec.seed} (`{spec.name()}`): {state}")
     if not lines:
         return []
-    return ["", "### Unfinished runs", "", "TRUE returns of the evaluations in each run's newest checkpoint "
-            "(not in the tables above).", "", *lines]
+    return ["", "### Unfinished runs", "", "TRUE returns of the evaluations in each run's newest checkpoint, or in "
+            "its log folder when it has none (not in the tables above).", "", *lines]
 
 
 def plot_curves(records: List[Dict[str, Any]], env_id: str, path: Path) -> None:

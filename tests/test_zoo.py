@@ -411,6 +411,27 @@ def test_report_only_lists_unfinished_runs_from_their_checkpoints(tmp_path, monk
     assert "No finished training run yet." in text and "| algorithm |" not in text
 
 
+def test_report_only_lists_a_run_without_checkpoints_from_its_log_folder(tmp_path):
+    """A run under ``--no-checkpoints`` shows the evaluations rl_zoo3 logged so far; an unreadable
+    evaluations.npz (being rewritten) falls back to "no checkpoint" instead of failing the report."""
+    import argparse
+
+    from agents import bench_zoo
+
+    parser = argparse.ArgumentParser()
+    bench_zoo.add_mujoco_arguments(parser)
+    args = parser.parse_args(["--envs", "Pendulum-v1", "--algos", "sac", "--seeds", "1", "--out", str(tmp_path), "--report-only"])
+    _, spec = bench_zoo.plan("mujoco", args)
+    attempt = spec.log_folder(tmp_path / "zoo_logs") / "sac" / "Pendulum-v1_1"
+    attempt.mkdir(parents=True)
+    np.savez(attempt / "evaluations.npz", timesteps=np.array([2000, 4000]), results=np.array([[-1200.0, -1000.0], [-300.0, -100.0]]))
+    [line] = [x for x in bench_zoo.unfinished([spec], tmp_path) if x.startswith("- Pendulum-v1 sac")]
+    assert line.endswith(": -1100.0 at step 2000; -200.0 at step 4000 (no checkpoint: its log folder's evaluations.npz)")
+    (attempt / "evaluations.npz").write_bytes(b"PK\x03\x04 truncated")
+    [line] = [x for x in bench_zoo.unfinished([spec], tmp_path) if x.startswith("- Pendulum-v1 sac")]
+    assert line.endswith(": no checkpoint")
+
+
 def test_report_only_keeps_the_committed_tables_when_run_records_are_missing(tmp_path):
     """A checkout without the records a report was made from gets an error, not emptied tables."""
     import argparse
