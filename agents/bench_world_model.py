@@ -271,7 +271,8 @@ def fit_model(name: str, data: Dict, seed: int, args: argparse.Namespace):
                                "train_nll": fit.train_nll, "outer_loss": fit.outer_loss}}
 
 
-def run_one(name: str, seed: int, data: Dict, args: argparse.Namespace, path: Path) -> Dict:
+def run_one(name: str, seed: int, data: Dict, args: argparse.Namespace) -> Dict:
+    """Fit and evaluate one model; the caller adds the settings and writes the record once."""
     import torch
 
     torch.set_num_threads(1)
@@ -303,7 +304,6 @@ def run_one(name: str, seed: int, data: Dict, args: argparse.Namespace, path: Pa
         rec["sac_s"] = time.perf_counter() - t0
         rec["returns"] = true_returns(lambda o: sac.predict(o, deterministic=True)[0])
         rec["true_return"] = float(np.mean(rec["returns"]))
-    write_record(path, rec)
     return rec
 
 
@@ -388,7 +388,7 @@ def run_world_model(args: argparse.Namespace, command: str) -> str:
             if rec is not None and rec.get("settings") != settings:
                 rec = None  # other settings: rerun
             if rec is None:
-                rec = run_one(name, seed, data, args, path)
+                rec = run_one(name, seed, data, args)
                 rec["settings"] = settings
                 write_record(path, rec)
             print(f"done {name} seed {seed}: " + ", ".join(f"{k} {rec[k]:.4g}" for k in ("nll", "mse", "true_return", "fit_s", "sac_s") if k in rec),

@@ -46,6 +46,7 @@ import os
 import platform
 import sys
 import time
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -541,8 +542,6 @@ def _logged_evaluations(log_folder: Path) -> List[Tuple[int, float]]:
     """``(step, mean TRUE return)`` of each evaluation in the newest ``evaluations.npz`` that
     rl_zoo3's EvalCallback wrote under ``log_folder`` (``<algo>/<env>_<k>/``); empty when there is
     none or it cannot be read (the callback may be rewriting it right now)."""
-    import zipfile
-
     files = sorted(log_folder.glob("*/*/evaluations.npz"), key=lambda f: f.stat().st_mtime)
     if not files:
         return []
@@ -570,9 +569,10 @@ def unfinished(specs: List[RunSpec], out: Path) -> List[str]:
         folder = spec.log_folder(out / "zoo_logs")
         progress = stored_progress(find_checkpoint(folder / "checkpoints"))
         curve = list(zip(progress.get("curve_steps", []), progress.get("curve_returns", [])))
-        logged = [] if curve else _logged_evaluations(folder)
-        state = (_curve_text(curve) if curve else
-                 f"{_curve_text(logged)} (no checkpoint: its log folder's evaluations.npz)" if logged else "no checkpoint")
+        source = ""
+        if not curve:
+            curve, source = _logged_evaluations(folder), " (no checkpoint: its log folder's evaluations.npz)"
+        state = _curve_text(curve) + source if curve else "no checkpoint"
         lines.append(f"- {spec.env_id} {spec.algo} seed {spec.seed} (`{spec.name()}`): {state}")
     if not lines:
         return []
