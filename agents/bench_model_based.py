@@ -262,8 +262,8 @@ def run_model_based(args: argparse.Namespace) -> str:
         "![learning curves](model_based_curves.png)",
     ]
     report = "\n".join(lines)
-    write_report(out / "model_based.md", report, records=[p for p, _ in kept])
-    _plot(records, envs, out / "model_based_curves.png")
+    if write_report(out / "model_based.md", report, records=[p for p, _ in kept], if_fewer="keep") is not None:
+        _plot(records, envs, out / "model_based_curves.png")
     print(report)
     return report
 

@@ -229,7 +229,7 @@ def run_pendulum(args: argparse.Namespace) -> str:
         "",
         "![learning curves](pendulum_curves.png)",
     ])
-    write_report(out / "pendulum.md", report, records=[p for p, _ in kept])
-    _plot(records, out / "pendulum_curves.png")
+    if write_report(out / "pendulum.md", report, records=[p for p, _ in kept], if_fewer="keep") is not None:
+        _plot(records, out / "pendulum_curves.png")
     print(report)
     return report

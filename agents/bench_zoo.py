@@ -631,13 +631,16 @@ def report(suite: str, specs: List[RunSpec], args: argparse.Namespace, command: 
         "pairs of the final policy's rollouts labelled on the TRUE reward (vector observations only). "
         "Time per step excludes evaluations.",
     ]
-    for env_id in envs:
-        png = f"curves_{suite}_{env_id.replace('/', '-')}.png"
-        plot_curves(records, env_id, out / png)
+    pngs = {env_id: f"curves_{suite}_{env_id.replace('/', '-')}.png" for env_id in envs}
+    for env_id, png in pngs.items():
         parts += ["", env_table(records, env_id), "", f"![TRUE return vs env steps]({png})"]
     parts += unfinished(specs, out)
     text = "\n".join(parts) + "\n"
-    write_report(out / f"results_{suite}.md", text, records=paths)
+    # after a run, a narrower selection than the report's leaves it and its figures (the records are saved)
+    if write_report(out / f"results_{suite}.md", text, records=paths, if_fewer="raise" if args.report_only else "keep") is None:
+        return text
+    for env_id, png in pngs.items():
+        plot_curves(records, env_id, out / png)
     sections = [(out / f"results_{name}.md").read_text() for name in SUITES if (out / f"results_{name}.md").is_file()]
     (out / "results.md").write_text("# Benchmarks: SoBiRL vs DRLHF vs SAC on the TRUE reward\n\n" + "\n".join(sections))
     return text

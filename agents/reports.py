@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
 
@@ -47,6 +48,30 @@ class ReportWouldDropRuns(RuntimeError):
     """Regenerating a report would silently leave out runs its current version was made from."""
 
 
+class ReportKept(UserWarning):
+    """A report was left as it was because regenerating it would have left out runs."""
+
+
+def _dropped_text(path: Path, dropped: List[str]) -> str:
+    """Why the records ``dropped`` (relative to ``path``'s folder) would leave the report ``path``:
+    on disk but outside this command's selection, or gone."""
+    def names(items: List[str]) -> str:
+        return ", ".join(items[:5]) + (", ..." if len(items) > 5 else "")
+
+    gone = [name for name in dropped if not (path.parent / name).is_file()]
+    outside = [name for name in dropped if name not in gone]
+    parts = []
+    if outside:
+        parts.append(f"{len(outside)} run record(s) it was made from are not among this command's runs: {names(outside)}.  "
+                     "Regenerate it with the selection it was made with (its Command line, plus --report-only where "
+                     "the benchmark has it)")
+    if gone:
+        parts.append(f"{len(gone)} run record(s) it was made from are missing: {names(gone)}.  Restore them (they are "
+                     f"kept in git under {path.parent}/*_runs/) or rerun those runs, or move {path.name} aside to "
+                     "write a report without them")
+    return ".  ".join(parts)
+
+
 def _listed_records(generated: str) -> Optional[List[str]]:
     """The record names a report's generated part lists (``None`` for a report that lists none:
     one written before reports listed their records, or without ``records``)."""
@@ -56,7 +81,8 @@ def _listed_records(generated: str) -> Optional[List[str]]:
     return None
 
 
-def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[Union[str, Path]]] = None) -> str:
+def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[Union[str, Path]]] = None,
+                 if_fewer: str = "raise") -> Optional[str]:
     """Write the generated markdown ``text`` to ``path``, keeping everything an existing ``path``
     holds below :data:`NOTES_MARKER`; the marker always ends the generated part.  Returns the file's
     new content.
@@ -67,7 +93,14 @@ def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[U
     existing report lists a record that is not among ``records``, or lists none at all (made before
     reports listed their records, its records may be gone) and has a generated part.  Run
     records are what the tables are made of; a fresh checkout without them must not overwrite the
-    committed tables with empty ones."""
+    committed tables with empty ones.
+
+    ``if_fewer``: ``"raise"`` (the default), or ``"keep"`` to leave ``path`` as it is with a
+    :class:`ReportKept` warning and return ``None`` instead (the caller then leaves its figures as
+    they are too): for a driver that has just finished a subset of a suite's runs (``--algos drlhf
+    --only-seeds 0``), whose records are saved whatever happens to the report."""
+    if if_fewer not in ("raise", "keep"):
+        raise ValueError(f"if_fewer must be 'raise' or 'keep', got {if_fewer!r}")
     path = Path(path)
     notes = "\n"
     names = None if records is None else sorted({os.path.relpath(Path(r), path.parent).replace(os.sep, "/") for r in records})
@@ -78,14 +111,15 @@ def write_report(path: Union[str, Path], text: str, records: Optional[Iterable[U
             notes = rest
         if names is not None:
             listed = _listed_records(generated)
-            missing = sorted(set(listed) - set(names)) if listed is not None else []
-            if missing or (listed is None and generated.strip()):
-                what = (f"{len(missing)} run record(s) it was made from are missing: {', '.join(missing[:5])}"
-                        + (", ..." if len(missing) > 5 else "") if missing else
-                        "it does not list the run records it was made from (it predates such lists), so they may be missing")
-                raise ReportWouldDropRuns(
-                    f"not regenerating {path}: {what}.  Restore the records (they are kept in git under "
-                    f"{path.parent}/*_runs/) or rerun those runs, or move {path.name} aside to write a report without them")
+            dropped = sorted(set(listed) - set(names)) if listed is not None else []
+            if dropped or (listed is None and generated.strip()):
+                message = f"not regenerating {path}: " + (_dropped_text(path, dropped) if dropped else
+                    "it does not list the run records it was made from (it predates such lists), so they may be missing.  "
+                    f"Move {path.name} aside to write a report without them")
+                if if_fewer == "keep":
+                    warnings.warn(message + f"; {path.name} is kept as it was", ReportKept, stacklevel=2)
+                    return None
+                raise ReportWouldDropRuns(message)
     listing = "" if names is None else f"\n\n{RECORDS_PREFIX} {' '.join(names)} -->"
     content = f"{text.rstrip()}{listing}\n\n{NOTES_MARKER}{notes}"
     with atomic_open(path, "w") as f:  # the notes below the marker exist nowhere else

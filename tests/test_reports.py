@@ -3,7 +3,7 @@ made from; run records are written atomically and a damaged one is named, not sk
 
 import pytest
 
-from agents.reports import NOTES_MARKER, RECORDS_PREFIX, ReportWouldDropRuns, read_record, write_record, write_report
+from agents.reports import NOTES_MARKER, RECORDS_PREFIX, ReportKept, ReportWouldDropRuns, read_record, write_record, write_report
 from birl.serialization import CorruptFileError
 
 
@@ -34,9 +34,18 @@ def test_a_report_is_never_regenerated_from_fewer_run_records(tmp_path):
     path.write_text(first + "\nNotes.\n")
     assert "| 3 runs |" in write_report(path, "| 3 runs |", records=[b, runs / "c.json", a])  # more is fine
     kept = path.read_text()
-    with pytest.raises(ReportWouldDropRuns, match="demo_runs/a.json"):
+    with pytest.raises(ReportWouldDropRuns, match="are missing: demo_runs/a.json"):
         write_report(path, "| 2 runs |", records=[b, runs / "c.json"])
     assert path.read_text() == kept  # untouched
+    a.write_text("{}")  # on disk, only left out of this selection: said so
+    with pytest.raises(ReportWouldDropRuns, match="not among this command's runs: demo_runs/a.json") as raised:
+        write_report(path, "| 2 runs |", records=[b, runs / "c.json"])
+    assert "missing" not in str(raised.value)
+    with pytest.warns(ReportKept, match="demo_runs/a.json.*kept as it was"):
+        assert write_report(path, "| 2 runs |", records=[b], if_fewer="keep") is None
+    assert path.read_text() == kept
+    with pytest.raises(ValueError, match="if_fewer"):
+        write_report(path, "| 3 runs |", records=[a, b, runs / "c.json"], if_fewer="warn")
     assert write_report(path, "| whatever |").endswith("Notes.\n")  # records not given: no check
 
 

@@ -456,6 +456,40 @@ def test_report_only_keeps_the_committed_tables_when_run_records_are_missing(tmp
     assert report.read_text() == made
 
 
+def test_a_run_of_part_of_a_suite_keeps_the_wider_report_and_its_figures(tmp_path, monkeypatch):
+    """Running a subset (here one env of a two-env report) saves its records and leaves the report,
+    which it would shrink, and the learning-curve figures as they were, with a warning instead of a
+    traceback after hours of training; ``--report-only`` with that subset still refuses."""
+    import argparse
+
+    from agents import bench_zoo
+    from agents.reports import ReportKept, ReportWouldDropRuns
+
+    def parse(envs, *extra):
+        parser = argparse.ArgumentParser()
+        bench_zoo.add_mujoco_arguments(parser)
+        return parser.parse_args(["--envs", envs, "--algos", "sac", "--seeds", "1", "--out", str(tmp_path), *extra])
+
+    wide = parse("Pendulum-v1,Hopper-v5", "--report-only")
+    for spec in bench_zoo.plan("mujoco", wide):
+        if spec.algo == bench_zoo.RANDOM:
+            record = spec.record_path(tmp_path)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(json.dumps({**asdict(spec), "hyperparams": [], "final_return": -1234.5}))
+    bench_zoo.run_mujoco(wide)
+    report, png = tmp_path / "results_mujoco.md", tmp_path / "curves_mujoco_Pendulum-v1.png"
+    made, figure = report.read_text(), png.read_bytes()
+    ran = []
+    monkeypatch.setattr(bench_zoo, "execute", lambda todo, args: ran.extend(todo))
+    with pytest.warns(ReportKept, match=r"not among this command's runs: zoo_runs/mujoco/Hopper-v5/random"):
+        text = bench_zoo.run_mujoco(parse("Pendulum-v1"))
+    assert [spec.env_id for spec in ran] == ["Pendulum-v1", "Pendulum-v1"] and "-1234.5" in text
+    assert report.read_text() == made and png.read_bytes() == figure
+    with pytest.raises(ReportWouldDropRuns, match="not among this command's runs"):
+        bench_zoo.run_mujoco(parse("Pendulum-v1", "--report-only"))
+    assert report.read_text() == made
+
+
 def test_benchmark_run_stopped_by_keyboard_interrupt_is_not_a_finished_run(tmp_path, monkeypatch):
     """rl_zoo3's learn swallows KeyboardInterrupt; the suite must not record the partial run."""
     from agents import bench_zoo
