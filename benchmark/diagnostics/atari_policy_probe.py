@@ -48,10 +48,9 @@ def main() -> None:
         probs, log_probs = model.policy.actor.action_probs(x)
         q = model.policy.critic(x)
         q = q[0] if isinstance(q, (tuple, list)) else q
-        log_ent = getattr(model, "log_ent_coef", None)
         print(f"policy entropy {float(-(probs * log_probs).sum(1).mean()):.3g} nats (uniform: {np.log(probs.shape[1]):.2f}); "
               f"mean largest action probability {float(probs.max(1).values.mean()):.3f}")
-        print(f"entropy coefficient {float(th.exp(log_ent)) if log_ent is not None else model.ent_coef_tensor.item():.4g}; "
+        print(f"entropy coefficient {model.alpha:.4g}; "
               f"Q mean {float(q.mean()):.2f}, mean spread over actions {float((q.max(1).values - q.min(1).values).mean()):.2f}")
         if getattr(model, "reward_model", None) is not None:
             r = model.reward_model(th.as_tensor(np.array(frames)), th.as_tensor(np.array(actions)))
