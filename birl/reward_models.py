@@ -502,8 +502,10 @@ class CnnReward(RewardModel):
     """Nature-CNN reward for stacked frames ``uint8 [B, C, H, W]`` (Mnih et al. 2015 trunk).
 
     ``features = MLP([trunk(obs / 255), one_hot(act)])``: the action is concatenated after the
-    convolutional trunk.  ``uint8`` frames are divided by 255; floating frames are used as given
-    (already scaled to ``[0, 1]``).  With ``use_next_obs`` the next frames are stacked on the channel axis.
+    convolutional trunk.  Frames hold raw pixel values ``0..255`` whatever their dtype (``uint8``
+    from replay buffers and segments, ``float32`` from the reward wrappers: the reward-model protocol
+    of :mod:`envs.reward_wrapper`) and are always divided by 255, so a model sees the same input on
+    every path.  With ``use_next_obs`` the next frames are stacked on the channel axis.
 
     Args:
         obs_shape: ``(C, H, W)`` (channels first, as SB3's ``VecTransposeImage`` produces).
@@ -568,7 +570,7 @@ class CnnReward(RewardModel):
     def _frames(self, x: torch.Tensor, name: str) -> torch.Tensor:
         if tuple(x.shape[1:]) != self.obs_shape:
             raise ValueError(f"{name} must have shape [B, {', '.join(map(str, self.obs_shape))}], got {tuple(x.shape)}")
-        return x.to(self.head.weight.dtype) / 255.0 if x.dtype == torch.uint8 else x.to(self.head.weight.dtype)
+        return x.to(self.head.weight.dtype) / 255.0
 
     def features(self, obs: torch.Tensor, act: Optional[torch.Tensor] = None, next_obs: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.use_action and act is None:

@@ -18,7 +18,6 @@ from agents.sobirl import DiscreteSoBiRL  # noqa: E402
 from birl.feedback import SyntheticTeacher  # noqa: E402
 from birl.reward_models import CnnReward  # noqa: E402
 from envs.make import ensure_registered  # noqa: E402
-from envs.reward_wrapper import batch_rewards  # noqa: E402
 
 ENV_ID = "ALE/Pong-v5"
 STEPS = 300
@@ -50,11 +49,11 @@ def test_discrete_sobirl_on_pong(pong):
     assert model.num_timesteps == STEPS and 0 < len(model.preferences) <= 20
     assert model._n_outer >= 2
     assert any(not th.equal(p0, p) for p0, p in zip(initial, reward_model.parameters())), "the reward model never moved"
-    # the inner learner trains on the CURRENT learned reward: every stored reward is the model's
+    # the inner learner trains on the CURRENT learned reward: every stored reward is the model's,
+    # on the same uint8 frames the preference loss scores (not 255x brighter ones)
     obs = buffer.observations[:, 0]  # one more row than steps: row t + 1 holds the frames after step t
-    expected = batch_rewards(
-        reward_model, obs[:STEPS], buffer.actions[:STEPS, 0, 0], obs[1:], model.observation_space, model.action_space
-    )
+    with th.no_grad():
+        expected = reward_model(th.as_tensor(obs[:STEPS]), th.as_tensor(buffer.actions[:STEPS, 0, 0]).long()).numpy()
     np.testing.assert_allclose(buffer.rewards[:STEPS, 0], expected, rtol=1e-4, atol=1e-5)
     # the teacher labelled the game score, not the learned reward
     assert set(np.unique(buffer.true_rewards)) <= {-1.0, 0.0, 1.0}

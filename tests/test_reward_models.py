@@ -161,6 +161,17 @@ def test_cnn_reward_shapes_and_errors():
         CnnReward.from_spaces(FakeBox((4, 84, 84)), FakeBox((2,)))
 
 
+def test_cnn_reward_scales_float_frames_like_uint8_frames():
+    """The wrappers pass image frames as float32 0..255 (reward-model protocol), replay buffers and
+    preference segments as uint8: the model must give the same reward on both (it used to treat
+    float frames as already scaled, so the inner agent's rewards came from 255x brighter frames)."""
+    torch.manual_seed(0)
+    m = CnnReward((4, 84, 84), 6, hidden=(32,), use_next_obs=True)
+    obs, nxt = (torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8) for _ in range(2))
+    act = torch.tensor([0, 5, 2, 1, 3])
+    torch.testing.assert_close(m(obs.float(), act, nxt.float()), m(obs, act, nxt))
+
+
 # ---------------------------------------------------------------------------------- ensemble
 
 

@@ -326,6 +326,23 @@ def test_vec_tabular_and_image():
     assert dones.all() and all(info["true_episode_length"] == 5 for info in infos)
 
 
+def test_cnn_reward_gets_the_same_reward_from_the_wrappers_as_on_uint8_frames():
+    """Regression: the wrappers and the replay relabelling (``batch_rewards``) hand image frames to
+    the model as float32 0..255, preference segments as uint8; ``CnnReward`` once read float frames
+    as already scaled, so Pong's inner agent was paid rewards of order 1e4 for 255x brighter frames."""
+    from birl.reward_models import CnnReward
+
+    torch.manual_seed(0)
+    obs_space, act_space = spaces.Box(0, 255, (2, 40, 40), np.uint8), spaces.Discrete(3)
+    model = CnnReward(obs_space.shape, 3, trunk_dim=16, hidden=(8,), use_next_obs=True)
+    rng = np.random.default_rng(0)
+    obs, nxt = (rng.integers(0, 256, (6,) + obs_space.shape, dtype=np.uint8) for _ in range(2))
+    acts = rng.integers(0, 3, 6)
+    with torch.no_grad():
+        on_uint8 = model(torch.as_tensor(obs), torch.as_tensor(acts), torch.as_tensor(nxt)).numpy()
+    np.testing.assert_allclose(batch_rewards(model, obs, acts, nxt, obs_space, act_space), on_uint8, rtol=1e-5, atol=1e-6)
+
+
 def test_vec_wrapper_trains_with_sb3_algorithm():
     from stable_baselines3 import PPO
 

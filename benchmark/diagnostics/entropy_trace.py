@@ -1,0 +1,75 @@
+"""Trace a discrete SoBiRL / DRLHF / SAC agent's policy entropy while it trains (when does it collapse?).
+
+An SB3 callback for rl_zoo3's ``callback`` hyperparameter.  Every ``every`` env steps after the
+first update it takes ``n_states`` states from the replay buffer and appends a CSV row: the mean
+policy entropy (uniform over Pong's 6 actions: log 6 = 1.79 nats), the mean largest action
+probability, the entropy coefficient, the critic's mean Q and mean spread over actions, the actor's
+mean logit range, (SoBiRL / DRLHF) the learned reward's mean spread over actions, and the mean
+and standard deviation of the rewards stored in the replay buffer (relabelled by the reward model).
+
+    PYTHONPATH=.:benchmark/diagnostics python -m agents.train --algo sobirl --env PongNoFrameskip-v4 \\
+        -n 4000 --seed 0 --eval-freq -1 -f /tmp/trace \\
+        -params learning_starts:1000 hypergrad_warmup:2000 outer_freq:1000 buffer_size:10000 n_queries:100 \\
+        "callback:[{'entropy_trace.EntropyTrace': {'path': '/tmp/trace/sobirl.csv'}}]"
+"""
+
+import csv
+import os
+
+import numpy as np
+import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
+
+FIELDS = ["step", "n_updates", "entropy", "max_prob", "ent_coef", "q_mean", "q_spread", "logit_range", "reward_spread", "buffer_reward_mean", "buffer_reward_std"]
+
+
+class EntropyTrace(BaseCallback):
+    """Append the policy's entropy statistics on replay states to ``path`` every ``every`` env steps."""
+
+    def __init__(self, path: str, every: int = 100, n_states: int = 256, verbose: int = 0) -> None:
+        super().__init__(verbose)
+        if every <= 0 or n_states <= 0:
+            raise ValueError(f"every and n_states must be positive, got every={every}, n_states={n_states}")
+        self.path, self.every, self.n_states = path, int(every), int(n_states)
+        self._rng = np.random.default_rng(0)
+
+    def _on_training_start(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            csv.writer(f).writerow(FIELDS)
+
+    def _on_step(self) -> bool:
+        model = self.model
+        if self.num_timesteps % self.every != 0 or getattr(model, "_n_updates", 0) == 0:
+            return True
+        buffer = model.replay_buffer
+        n = buffer.buffer_size if buffer.full else buffer.pos
+        idx = self._rng.integers(0, n, size=self.n_states)
+        obs_np = buffer.observations[idx, 0]
+        obs = th.as_tensor(obs_np, device=model.device)
+        with th.no_grad():
+            logits = model.actor.action_logits(obs)
+            probs, log_probs = model.actor.action_probs(obs)
+            q = model.critic.min_q(obs)
+            row = {
+                "step": self.num_timesteps,
+                "n_updates": model._n_updates,
+                "entropy": float(-(probs * log_probs).sum(1).mean()),
+                "max_prob": float(probs.max(1).values.mean()),
+                "ent_coef": model.alpha,
+                "q_mean": float(q.mean()),
+                "q_spread": float((q.max(1).values - q.min(1).values).mean()),
+                "logit_range": float((logits.max(1).values - logits.min(1).values).mean()),
+                "reward_spread": float("nan"),
+                "buffer_reward_mean": float(buffer.rewards[:n].mean()),
+                "buffer_reward_std": float(buffer.rewards[:n].std()),
+            }
+            reward_model = getattr(model, "reward_model", None)
+            if reward_model is not None:
+                A = probs.shape[1]
+                acts = th.arange(A, device=obs.device).repeat(obs.shape[0])
+                r = reward_model(obs.repeat_interleave(A, 0), acts).reshape(-1, A)
+                row["reward_spread"] = float((r.max(1).values - r.min(1).values).mean())
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, FIELDS).writerow(row)
+        return True
