@@ -110,6 +110,9 @@ class _MixedSampler:
 class _ModelEstimatorMixin:
     """``estimator="model"`` (the default) on top of SoBiRL's estimators."""
 
+    #: model rollouts and the model buffer are paid the raw learned reward: no ``reward_scaling`` yet
+    supports_reward_scaling = False
+
     default_estimator = "model"
     estimators = ESTIMATORS + ("model",)
 

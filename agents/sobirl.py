@@ -75,7 +75,7 @@ from birl.feedback import (
     select_queries,
 )
 from birl.hypergrad import leave_one_out
-from birl.reward_models import CnnReward, MlpReward, RewardModel, build_reward_model
+from birl.reward_models import CnnReward, MlpReward, RewardModel, ScaledReward, build_reward_model
 from envs.reward_wrapper import VecParameterisedReward
 
 __all__ = ["SoBiRL", "DiscreteSoBiRL", "DRLHF", "DiscreteDRLHF", "ESTIMATORS"]
@@ -175,9 +175,13 @@ class BilevelMixin:
     default_estimator: ClassVar[str] = "successor"
     #: agents saved before the option existed load with fragments inside episodes, as they were trained
     absorbing_states: bool = False
+    #: agents saved before the option existed load paying the inner learner the raw reward
+    reward_scaling: bool = False
     #: estimators this class accepts; subclasses add theirs (M-SoBiRL adds ``"model"``, which
     #: takes the one-step surrogate's place through ``_myopic_directions``/``_one_step_advantage``)
     estimators: ClassVar[Tuple[str, ...]] = ESTIMATORS
+    #: whether the inner learner may be paid the rescaled reward (``reward_scaling``)
+    supports_reward_scaling: ClassVar[bool] = True
 
     # ------------------------------------------------------------------ construction
     def _init_bilevel(
@@ -209,6 +213,7 @@ class BilevelMixin:
         max_nonfinite_steps: int = 5,
         pref_weight: float = 1.0,
         absorbing_states: bool = True,
+        reward_scaling: bool = False,
     ) -> None:
         feedback = _check_feedback(feedback)
         estimator = self.default_estimator if estimator is None else estimator
@@ -248,9 +253,14 @@ class BilevelMixin:
             raise ValueError(f"query_selection must be 'uniform', 'disagreement' or 'entropy', got {query_selection!r}")
         if not isinstance(absorbing_states, (bool, np.bool_)):
             raise TypeError(f"absorbing_states must be a bool, got {absorbing_states!r}")
+        if not isinstance(reward_scaling, (bool, np.bool_)):
+            raise TypeError(f"reward_scaling must be a bool, got {reward_scaling!r}")
+        if reward_scaling and not self.supports_reward_scaling:
+            raise ValueError(f"reward_scaling=True is not supported by {type(self).__name__}")
         self.feedback = feedback
         self.pref_weight = float(pref_weight)
         self.absorbing_states = bool(absorbing_states)
+        self.reward_scaling = bool(reward_scaling)
         self.estimator = estimator
         self.n_queries, self.query_schedule, self.query_selection = int(n_queries), query_schedule, query_selection
         self.n_candidates, self.segment_length, self.outer_freq = int(n_candidates), int(segment_length), int(outer_freq)
@@ -332,6 +342,8 @@ class BilevelMixin:
         self._reward_model_init = None
         self._check_reward_model(model)
         self.reward_model = model.to(self.device)
+        # what the inner learner is paid: the reward itself, or the reward over its replay RMS
+        self.inner_reward = ScaledReward(self.reward_model).to(self.device) if self.reward_scaling else self.reward_model
         self.reward_optimizer = th.optim.Adam(self.reward_model.parameters(), lr=self.reward_lr)
         if self.needs_successor:
             self.successor = SuccessorCritic(obs_space, act_space, self.reward_model.feature_dim, self.successor_net_arch).to(self.device)
@@ -375,7 +387,7 @@ class BilevelMixin:
     def _wrap_reward_env(self) -> None:
         """Rewards seen by the inner learner come from the reward model; Monitor (inside) keeps TRUE returns."""
         if not isinstance(self.env, VecParameterisedReward):
-            self.env = VecParameterisedReward(self.env, self.reward_model)
+            self.env = VecParameterisedReward(self.env, self.inner_reward)
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset=force_reset)
@@ -417,7 +429,14 @@ class BilevelMixin:
 
     # ------------------------------------------------------------------ policy access
     def _tau(self) -> float:
-        """Soft-MDP temperature = current SAC entropy coefficient."""
+        """Temperature of the soft MDP of the learned reward ``r`` that the inner learner solves:
+        its entropy coefficient ``alpha``, times the scale ``rms`` of its reward ``r / rms`` with
+        ``reward_scaling`` (:class:`birl.reward_models.ScaledReward`)."""
+        tau = self._ent_coef_float()
+        return tau * float(self.inner_reward.rms) if self.reward_scaling else tau
+
+    def _ent_coef_float(self) -> float:
+        """The inner learner's current entropy coefficient ``alpha``."""
         raise NotImplementedError
 
     def _policy_tools(self, obs: th.Tensor) -> Tuple[Callable[[th.Tensor], th.Tensor], Optional[th.Tensor]]:
@@ -731,6 +750,7 @@ class BilevelMixin:
             "storm": self._storm_state,
             "rewards": [a.copy() for a in self._relabelled_rewards()],
             "n_outer": self._n_outer,
+            "inner_reward": copy.deepcopy(self.inner_reward.state_dict()) if self.reward_scaling else None,
         }
 
     def _outer_restore(self, saved: Dict[str, Any]) -> None:
@@ -741,6 +761,8 @@ class BilevelMixin:
         for array, old in zip(self._relabelled_rewards(), saved["rewards"]):
             array[...] = old
         self._n_outer = saved["n_outer"]
+        if saved["inner_reward"] is not None:
+            self.inner_reward.load_state_dict(saved["inner_reward"])
 
     def _skip_nonfinite(self, what: str) -> None:
         """Count, log and warn about a skipped outer step; stop after too many in a row."""
@@ -824,6 +846,18 @@ class BilevelMixin:
 
     def _relabel(self) -> None:
         self.replay_buffer.relabel(self.reward_model, self._env_actions, self.relabel_batch_size)
+        if self.reward_scaling:
+            self._rescale_rewards()
+
+    def _rescale_rewards(self) -> None:
+        """``reward_scaling``: refit ``rms`` on the freshly relabelled replay rewards and divide them
+        by it (the env wrapper pays ``r / rms`` with the same ``rms`` until the next outer step)."""
+        buffer = self.replay_buffer
+        rewards = buffer.rewards[: buffer.buffer_size if buffer.full else buffer.pos]
+        if rewards.size == 0:
+            return
+        _require_finite("relabelled rewards (reward-model outputs on the replay buffer)", rewards)
+        rewards /= self.inner_reward.fit(rewards)
 
     def _gradient_norms(self, *terms: th.Tensor) -> Tuple[float, ...]:
         """The reward-model gradient norm of each term (the graph is kept for the real backward)."""
@@ -844,6 +878,8 @@ class BilevelMixin:
         self.logger.record("outer/direct_grad_norm", direct_norm)
         self.logger.record("outer/second_term_grad_norm", second_norm)
         self.logger.record("outer/tau", self._tau())
+        if self.reward_scaling:
+            self.logger.record("outer/reward_rms", float(self.inner_reward.rms))
         self.logger.record("outer/n_updates", self._n_outer)
         if self.uses_preferences:
             self.logger.record("feedback/n_labels", len(self.preferences))
@@ -895,6 +931,8 @@ class BilevelMixin:
     def _get_torch_save_params(self):
         state_dicts, variables = super()._get_torch_save_params()
         state_dicts = state_dicts + ["reward_model", "reward_optimizer"]
+        if self.reward_scaling:
+            state_dicts.append("inner_reward")
         if self.needs_successor:
             state_dicts += ["successor", "successor_target", "successor_optimizer"]
         return state_dicts, variables
@@ -927,6 +965,7 @@ _BILEVEL_DEFAULTS = dict(
     max_nonfinite_steps=5,
     pref_weight=1.0,
     absorbing_states=True,
+    reward_scaling=False,
 )
 
 
@@ -988,6 +1027,13 @@ class SoBiRL(BilevelMixin, SAC):
             no effect on envs that never terminate).  ``False`` keeps fragments inside episodes,
             where a Bradley-Terry reward is only known up to a constant and that constant alone
             decides whether the learner seeks or avoids termination.
+        reward_scaling: pay the inner learner ``r / rms`` instead of ``r``, ``rms`` the root mean
+            square of the learned reward over the replay buffer, refitted at every relabelling
+            (:class:`birl.reward_models.ScaledReward`; default ``False``).  The hypergradient then
+            uses the temperature ``tau = alpha * rms`` of the soft MDP of ``r`` that the learner
+            solves.  For rewards whose scale jumps between outer steps (Atari CNN rewards: replay
+            mean -0.04, 86.5, then 0.05 over Pong's first two outer steps), which otherwise drive
+            the discrete SAC to a collapsed, one-action policy.
         **kwargs: every other argument of :class:`stable_baselines3.SAC`.
 
     An unseeded :class:`birl.feedback.SyntheticTeacher` is seeded with the agent's ``seed``, so
@@ -1004,7 +1050,7 @@ class SoBiRL(BilevelMixin, SAC):
             )
         super().__init__(policy, env, feedback=feedback, **kwargs)
 
-    def _tau(self) -> float:
+    def _ent_coef_float(self) -> float:
         if self.ent_coef_optimizer is not None:
             return float(th.exp(self.log_ent_coef.detach()))
         return float(self.ent_coef_tensor)
@@ -1025,7 +1071,7 @@ class DiscreteSoBiRL(BilevelMixin, DiscreteSAC):
     Same arguments as :class:`SoBiRL`; ``**kwargs`` go to :class:`agents.discrete_sac.DiscreteSAC`.
     """
 
-    def _tau(self) -> float:
+    def _ent_coef_float(self) -> float:
         return float(self.alpha)
 
     def _policy_tools(self, obs):

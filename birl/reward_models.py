@@ -38,6 +38,7 @@ from birl.serialization import load_state, save_state
 __all__ = [
     "SpaceSpec",
     "RunningNormalizer",
+    "ScaledReward",
     "RewardModel",
     "MlpReward",
     "CnnReward",
@@ -491,6 +492,56 @@ class MlpReward(RewardModel):
         config["obs_dim"] = _spec_from_json(config["obs_dim"])
         config["act_dim"] = 0 if config["act_dim"] is None else _spec_from_json(config["act_dim"])
         return cls(**config)
+
+
+# --------------------------------------------------------------------------------------------
+# Rescaled reward (what the inner learner is paid)
+# --------------------------------------------------------------------------------------------
+
+
+class ScaledReward(nn.Module):
+    """``r(s, a, s') / rms`` with ``rms`` fixed by :meth:`fit` (a buffer, in the state dict).
+
+    A preference loss does not fix a reward model's scale on separable labels, nor its offset
+    between fragments that never reach a termination: between two outer steps the model's outputs
+    can move by orders of magnitude (measured on Pong: replay mean -0.04, then 86.5, then 0.05 over
+    the first two outer steps), and a soft actor-critic whose temperature adapts slowly then
+    collapses to a deterministic policy it cannot leave.  Paying the inner learner ``r / rms``,
+    ``rms`` the root mean square of ``r`` over the replay buffer, keeps its rewards at unit scale.
+
+    Only the scale changes, never the zero (absorbing states keep reward 0), so the inner problem
+    stays exact: a soft learner at temperature ``alpha`` on ``r / rms`` is soft-optimal for ``r``
+    at temperature ``tau = alpha * rms`` (multiply its objective by ``rms``), and the hypergradient
+    formulas hold with that ``tau``.
+
+    Args:
+        model: the reward model (its outputs are divided; the model itself is not changed).
+        min_rms: floor on ``rms`` so an all-zero reward is not blown up.
+    """
+
+    def __init__(self, model: nn.Module, min_rms: float = 1e-6) -> None:
+        super().__init__()
+        if not (min_rms > 0 and math.isfinite(min_rms)):
+            raise ValueError(f"min_rms must be a positive finite number, got {min_rms}")
+        self.model, self.min_rms = model, float(min_rms)
+        self.register_buffer("rms", torch.ones(()))
+
+    @torch.no_grad()
+    def fit(self, rewards: Any) -> float:
+        """Set ``rms`` to the root mean square of the raw ``rewards`` (floored at ``min_rms``); returns it.
+
+        Raises ``ValueError`` on an empty or non-finite array (``rms`` is then unchanged)."""
+        r = np.asarray(rewards, dtype=np.float64).reshape(-1)
+        if r.size == 0:
+            raise ValueError("rewards must not be empty")
+        if not np.isfinite(r).all():
+            raise ValueError("rewards must be finite")
+        rms = max(float(np.sqrt(np.mean(r * r))), self.min_rms)
+        self.rms.fill_(rms)
+        return rms
+
+    def forward(self, obs: torch.Tensor, act: Optional[torch.Tensor] = None, next_obs: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.model(obs, act, next_obs) / self.rms
 
 
 # --------------------------------------------------------------------------------------------

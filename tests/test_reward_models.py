@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from birl.reward_models import CnnReward, MlpReward, RewardEnsemble, RewardModel, RunningNormalizer, SpaceSpec, load_reward_model
+from birl.reward_models import CnnReward, MlpReward, RewardEnsemble, RewardModel, RunningNormalizer, ScaledReward, SpaceSpec, load_reward_model
 from birl.serialization import CorruptFileError, load_npz, load_state, read_zip_arrays, save_npz, save_state, write_zip_arrays
 
 
@@ -170,6 +170,42 @@ def test_cnn_reward_scales_float_frames_like_uint8_frames():
     obs, nxt = (torch.randint(0, 256, (5, 4, 84, 84), dtype=torch.uint8) for _ in range(2))
     act = torch.tensor([0, 5, 2, 1, 3])
     torch.testing.assert_close(m(obs.float(), act, nxt.float()), m(obs, act, nxt))
+
+
+# ---------------------------------------------------------------------------------- scaled reward
+
+
+def test_scaled_reward_divides_by_the_fitted_rms_and_rejects_bad_rewards():
+    torch.manual_seed(0)
+    base = MlpReward(3, 1, hidden=(8,))
+    m = ScaledReward(base)
+    obs, act = torch.randn(6, 3), torch.randn(6, 1)
+    torch.testing.assert_close(m(obs, act), base(obs, act))  # rms starts at 1
+    assert m.fit(np.array([3.0, -4.0])) == pytest.approx(np.sqrt(12.5))
+    torch.testing.assert_close(m(obs, act), base(obs, act) / np.sqrt(12.5))
+    assert set(m.state_dict()) >= {"rms"}
+    for bad, match in ((np.array([]), "empty"), (np.array([1.0, np.nan]), "finite"), (np.array([np.inf]), "finite")):
+        with pytest.raises(ValueError, match=match):
+            m.fit(bad)
+        assert float(m.rms) == pytest.approx(np.sqrt(12.5))  # unchanged
+    assert m.fit(np.zeros(4)) == 1e-6  # floored: an all-zero reward stays zero, not NaN
+    with pytest.raises(ValueError, match="min_rms"):
+        ScaledReward(base, min_rms=0.0)
+
+
+def test_scaled_reward_is_the_same_soft_problem_at_a_scaled_temperature():
+    """The identity ``reward_scaling`` rests on: soft-optimal for ``r / c`` at ``tau`` is
+    soft-optimal for ``r`` at ``tau * c`` (exact tabular solves), with ``Q`` scaled by ``c``."""
+    from birl.tabular import TabularMDP, garnet
+
+    mdp = garnet(7, 3, 4, gamma=0.9, tau=0.6, seed=3, branching=3)
+    x = np.random.default_rng(0).standard_normal(4)
+    c = 37.5
+    scaled = TabularMDP(mdp.P, mdp.features / c, gamma=mdp.gamma, tau=mdp.tau)
+    hot = TabularMDP(mdp.P, mdp.features, gamma=mdp.gamma, tau=mdp.tau * c)
+    a, b = scaled.soft_solve(x), hot.soft_solve(x)
+    np.testing.assert_allclose(a.pi, b.pi, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(a.Q * c, b.Q, rtol=1e-9, atol=1e-8)
 
 
 # ---------------------------------------------------------------------------------- ensemble

@@ -308,3 +308,39 @@ def test_a_warmup_that_outlasts_the_run_warns():
             warnings.simplefilter("always")
             algo("MlpPolicy", "Pendulum-v1", hypergrad_warmup=warmup, **kwargs).learn(40)
         assert not [w for w in caught if "hypergrad_warmup" in str(w.message)]
+
+
+def test_reward_scaling_pays_the_inner_learner_the_reward_over_its_replay_rms(tmp_path):
+    """``reward_scaling``: the replay holds ``r / rms`` (``rms`` refitted at every relabelling, so
+    the relabelled rewards have unit RMS), the env wrapper pays the same, the hypergradient's
+    temperature is ``alpha * rms``, and ``rms`` survives save / load."""
+    _, _, env = tabular_env()
+    model = DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), reward_scaling=True, seed=0, **fast_agent_kwargs())
+    model.learn(450)
+    rms = float(model.inner_reward.rms)
+    assert rms != 1.0 and model._n_outer >= 3
+    assert model._tau() == pytest.approx(model.alpha * rms)
+    buffer = model.replay_buffer
+    n = buffer.pos
+    obs, acts = buffer.observations[:n, 0], buffer.actions[:n, 0, 0]
+    with th.no_grad():
+        raw = model.reward_model(th.as_tensor(obs), th.as_tensor(acts).long(), th.as_tensor(buffer.next_observations[:n, 0])).numpy()
+    # rows written after the last outer step came from the wrapper, the rest from the relabelling
+    np.testing.assert_allclose(buffer.rewards[:n, 0], raw / rms, rtol=1e-5, atol=1e-6)
+    model._relabel()
+    assert np.sqrt(np.mean(buffer.rewards[:n] ** 2)) == pytest.approx(1.0, rel=1e-5)
+    model.save(tmp_path / "agent")
+    loaded = DiscreteSoBiRL.load(tmp_path / "agent", env=env)
+    assert loaded.reward_scaling and float(loaded.inner_reward.rms) == pytest.approx(float(model.inner_reward.rms))
+    assert loaded.env.reward_model is loaded.inner_reward  # the wrapper pays the scaled reward
+    assert not DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), **fast_agent_kwargs()).reward_scaling
+
+
+def test_reward_scaling_bad_values():
+    _, _, env = tabular_env()
+    with pytest.raises(TypeError, match="reward_scaling"):
+        DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), reward_scaling="yes")
+    from agents.msobirl import MSoBiRL
+
+    with pytest.raises(ValueError, match="reward_scaling=True is not supported by MSoBiRL"):
+        MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), reward_scaling=True)
