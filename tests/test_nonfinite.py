@@ -149,3 +149,26 @@ def test_too_many_consecutive_nonfinite_steps_stop_training():
 def test_max_nonfinite_steps_is_validated(bad):
     with pytest.raises(ValueError, match="max_nonfinite_steps must be a positive integer"):
         SoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), max_nonfinite_steps=bad, **small())
+
+
+def test_nan_relabelling_with_reward_scaling_keeps_the_rms_and_the_rewards():
+    """``reward_scaling``: a relabelling that gives NaN is caught before ``rms`` is refitted, and the
+    step's rollback leaves ``rms`` (what the env wrapper pays by) and the replay rewards as they were."""
+    model = SoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), reward_model=reward_model(),
+                   reward_scaling=True, **small())
+    model.learn(150)
+    before, rms = state(model), float(model.inner_reward.rms)
+    assert rms != 1.0
+    model.reward_model.poison = "nograd"
+    with pytest.warns(RuntimeWarning, match="non-finite relabelled rewards"):
+        model._outer_step()
+    model.reward_model.poison = None
+    assert_unchanged(model, before)
+    assert float(model.inner_reward.rms) == rms
+    # a failure after the refit (here: another relabelled array going NaN) puts the old rms back
+    poisoned = np.array([math.nan], dtype=np.float32)
+    model._relabelled_rewards = lambda: [model.replay_buffer.rewards, poisoned]
+    with pytest.warns(RuntimeWarning, match="non-finite relabelled rewards"):
+        model._outer_step()
+    assert_unchanged(model, before)
+    assert float(model.inner_reward.rms) == rms
