@@ -900,7 +900,10 @@ class BilevelMixin:
     # ------------------------------------------------------------------ persistence
     def _excluded_save_params(self):
         # ``preferences`` is stored as raw arrays next to SB3's members (agents.archive), not pickled into ``data``
-        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots", "preferences", "_term_norms"]
+        # ``inner_reward`` is the reward model itself or wraps it: rebuilt by ``_setup_bilevel``, its
+        # ``rms`` saved as a state dict (``_get_torch_save_params``)
+        return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots",
+                                                  "preferences", "_term_norms", "inner_reward"]
 
     def save(self, path: Union[str, os.PathLike, io.BufferedIOBase], exclude: Optional[Sequence[str]] = None,
              include: Optional[Sequence[str]] = None) -> None:

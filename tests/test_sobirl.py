@@ -330,6 +330,10 @@ def test_reward_scaling_pays_the_inner_learner_the_reward_over_its_replay_rms(tm
     model._relabel()
     assert np.sqrt(np.mean(buffer.rewards[:n] ** 2)) == pytest.approx(1.0, rel=1e-5)
     model.save(tmp_path / "agent")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "agent.zip") as archive:  # saved once, as a state dict, not pickled into data
+        assert "inner_reward.pth" in archive.namelist() and '"inner_reward"' not in archive.read("data").decode()
     loaded = DiscreteSoBiRL.load(tmp_path / "agent", env=env)
     assert loaded.reward_scaling and float(loaded.inner_reward.rms) == pytest.approx(float(model.inner_reward.rms))
     assert loaded.env.reward_model is loaded.inner_reward  # the wrapper pays the scaled reward
