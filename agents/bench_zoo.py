@@ -53,7 +53,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from agents.reports import read_record, steps_to_target, write_record, write_report
+from agents.reports import code_version, read_record, steps_to_target, write_record, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_ALGOS = ("sobirl", "drlhf", "sac")
@@ -382,7 +382,7 @@ def run_one(spec: RunSpec, log_root: str, checkpoints: bool = True) -> Dict[str,
         measure = {**_random_record(spec, log_folder), "config": zoo_config(spec)}
     else:
         measure = _train_record(spec, log_folder, checkpoints)
-    return {**asdict(spec), "host": platform.node(), **measure}
+    return {**asdict(spec), "host": platform.node(), **code_version(), **measure}
 
 
 # ------------------------------------------------------------------ execution

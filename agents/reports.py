@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Union
@@ -27,6 +28,20 @@ def write_record(path: Union[str, Path], record: Dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(path, record)
+
+
+def code_version() -> Dict[str, Any]:
+    """The library's git commit and whether tracked files differ from it, for run records:
+    ``{"commit": "<40 hex>" | None, "dirty": bool | None}`` (``None`` outside a git checkout).
+    A fix that changes results can then tell which records predate it."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": bool(status.strip())}
 
 
 def read_record(path: Union[str, Path]) -> Dict[str, Any]:

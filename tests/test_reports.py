@@ -79,3 +79,19 @@ def test_a_damaged_run_record_is_named_in_the_error(tmp_path, content):
     path.write_bytes(content.encode("latin-1"))
     with pytest.raises(CorruptFileError, match="run.json"):
         read_record(path)
+
+
+def test_code_version_names_this_checkout_and_whether_it_is_clean():
+    import subprocess
+    from pathlib import Path
+
+    from agents.reports import code_version
+
+    root = Path(__file__).resolve().parents[1]
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True)
+    version = code_version()
+    if head.returncode != 0:  # not a git checkout (an sdist): nothing to name
+        assert version == {"commit": None, "dirty": None}
+        return
+    assert version["commit"] == head.stdout.strip() and len(version["commit"]) == 40
+    assert isinstance(version["dirty"], bool)
