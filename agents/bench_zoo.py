@@ -352,10 +352,33 @@ def _train_record(spec: RunSpec, log_folder: Path, checkpoints: bool = True) -> 
         "env_steps": int(model.num_timesteps),
         **done,
     }
+    record["final_policy_entropy"] = policy_entropy(model)
     if spec.bilevel:
         record.update(_feedback_metrics(model, spec.env_id))
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the run is complete: its final model is saved
     return record
+
+
+def policy_entropy(model: Any, n_states: int = 1000) -> Optional[float]:
+    """Mean entropy (nats) of a discrete agent's policy on up to ``n_states`` states spread over its
+    replay buffer: a policy collapsed onto one action shows as about 0 (uniform: ``log n_actions``).
+    ``None`` for continuous actions, dict observations or an empty buffer."""
+    import torch as th
+
+    actor = getattr(model, "actor", None)
+    buffer = getattr(model, "replay_buffer", None)
+    if not hasattr(actor, "action_probs") or buffer is None or isinstance(buffer.observations, dict):
+        return None
+    size = buffer.buffer_size if buffer.full else buffer.pos
+    if size == 0:
+        return None
+    idx = np.unique(np.linspace(0, size - 1, min(n_states, size)).astype(int))
+    total = 0.0
+    with th.no_grad():
+        for chunk in np.array_split(idx, -(-len(idx) // 256)):
+            probs, log_probs = actor.action_probs(th.as_tensor(buffer.observations[chunk, 0], device=model.device))
+            total += float(-(probs * log_probs).sum(1).sum())
+    return total / len(idx)
 
 
 def _feedback_metrics(model: Any, env_id: str) -> Dict[str, Any]:

@@ -529,3 +529,23 @@ def test_suite_table_gives_env_steps_to_a_normalised_09_per_seed():
                rec("sobirl", 0, [10, 91, 95]), rec("sobirl", 1, [10, 20, 30])]
     rows = {line.split(" | ")[0]: line.split(" | ") for line in bench_zoo.env_table(records, "E").splitlines() if line.startswith("| ")}
     assert rows["| sac"][4] == "30, 10" and rows["| sobirl"][4] == "20, never"
+
+
+def test_policy_entropy_of_discrete_agents_for_the_run_record():
+    """The record's ``final_policy_entropy``: about log(n_actions) for a fresh discrete policy, near 0
+    for one collapsed onto an action, ``None`` for continuous actions and an empty buffer."""
+    import torch as th
+
+    from agents.bench_zoo import policy_entropy
+    from agents.discrete_sac import DiscreteSAC
+    from stable_baselines3 import SAC
+
+    model = DiscreteSAC("MlpPolicy", "CartPole-v1", learning_starts=1000, policy_kwargs=dict(net_arch=[16]), seed=0)
+    assert policy_entropy(model) is None  # nothing stored yet
+    model.learn(120)
+    fresh = policy_entropy(model)
+    assert abs(fresh - np.log(2)) < 0.05
+    with th.no_grad():  # collapse it: a huge bias on action 0
+        model.actor.logits_net[-1].bias.copy_(th.tensor([50.0, -50.0]))
+    assert policy_entropy(model) < 1e-6
+    assert policy_entropy(SAC("MlpPolicy", "Pendulum-v1", learning_starts=10).learn(20)) is None
