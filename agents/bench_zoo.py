@@ -369,7 +369,7 @@ def policy_entropy(model: Any, n_states: int = 1000) -> Optional[float]:
     buffer = getattr(model, "replay_buffer", None)
     if not hasattr(actor, "action_probs") or buffer is None or isinstance(buffer.observations, dict):
         return None
-    size = buffer.buffer_size if buffer.full else buffer.pos
+    size = buffer.size()
     if size == 0:
         return None
     idx = np.unique(np.linspace(0, size - 1, min(n_states, size)).astype(int))

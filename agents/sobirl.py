@@ -750,7 +750,7 @@ class BilevelMixin:
             "storm": self._storm_state,
             "rewards": [a.copy() for a in self._relabelled_rewards()],
             "n_outer": self._n_outer,
-            "inner_reward": copy.deepcopy(self.inner_reward.state_dict()) if self.reward_scaling else None,
+            "rms": self.inner_reward.rms.clone() if self.reward_scaling else None,
         }
 
     def _outer_restore(self, saved: Dict[str, Any]) -> None:
@@ -761,8 +761,8 @@ class BilevelMixin:
         for array, old in zip(self._relabelled_rewards(), saved["rewards"]):
             array[...] = old
         self._n_outer = saved["n_outer"]
-        if saved["inner_reward"] is not None:
-            self.inner_reward.load_state_dict(saved["inner_reward"])
+        if saved["rms"] is not None:
+            self.inner_reward.rms.copy_(saved["rms"])
 
     def _skip_nonfinite(self, what: str) -> None:
         """Count, log and warn about a skipped outer step; stop after too many in a row."""
@@ -853,7 +853,7 @@ class BilevelMixin:
         """``reward_scaling``: refit ``rms`` on the freshly relabelled replay rewards and divide them
         by it (the env wrapper pays ``r / rms`` with the same ``rms`` until the next outer step)."""
         buffer = self.replay_buffer
-        rewards = buffer.rewards[: buffer.buffer_size if buffer.full else buffer.pos]
+        rewards = buffer.rewards[: buffer.size()]
         if rewards.size == 0:
             return
         _require_finite("relabelled rewards (reward-model outputs on the replay buffer)", rewards)
@@ -900,8 +900,8 @@ class BilevelMixin:
     # ------------------------------------------------------------------ persistence
     def _excluded_save_params(self):
         # ``preferences`` is stored as raw arrays next to SB3's members (agents.archive), not pickled into ``data``
-        # ``inner_reward`` is the reward model itself or wraps it: rebuilt by ``_setup_bilevel``, its
-        # ``rms`` saved as a state dict (``_get_torch_save_params``)
+        # ``inner_reward`` is the reward model itself or wraps it: rebuilt by ``_setup_bilevel``, only
+        # its ``rms`` saved (a torch variable of ``_get_torch_save_params``)
         return super()._excluded_save_params() + ["_reward_model_init", "_outer_rng", "_storm_state", "_demo_data", "_snapshots",
                                                   "preferences", "_term_norms", "inner_reward"]
 
@@ -934,8 +934,8 @@ class BilevelMixin:
     def _get_torch_save_params(self):
         state_dicts, variables = super()._get_torch_save_params()
         state_dicts = state_dicts + ["reward_model", "reward_optimizer"]
-        if self.reward_scaling:
-            state_dicts.append("inner_reward")
+        if self.reward_scaling:  # the model's weights are saved once, as ``reward_model``
+            variables = variables + ["inner_reward.rms"]
         if self.needs_successor:
             state_dicts += ["successor", "successor_target", "successor_optimizer"]
         return state_dicts, variables

@@ -332,8 +332,9 @@ def test_reward_scaling_pays_the_inner_learner_the_reward_over_its_replay_rms(tm
     model.save(tmp_path / "agent")
     import zipfile
 
-    with zipfile.ZipFile(tmp_path / "agent.zip") as archive:  # saved once, as a state dict, not pickled into data
-        assert "inner_reward.pth" in archive.namelist() and '"inner_reward"' not in archive.read("data").decode()
+    with zipfile.ZipFile(tmp_path / "agent.zip") as archive:  # rms saved once, not pickled into data; no second copy of the weights
+        assert "inner_reward.pth" not in archive.namelist() and '"inner_reward"' not in archive.read("data").decode()
+        assert "inner_reward.rms" in th.load(archive.open("pytorch_variables.pth"), weights_only=False)
     loaded = DiscreteSoBiRL.load(tmp_path / "agent", env=env)
     assert loaded.reward_scaling and float(loaded.inner_reward.rms) == pytest.approx(float(model.inner_reward.rms))
     assert loaded.env.reward_model is loaded.inner_reward  # the wrapper pays the scaled reward
