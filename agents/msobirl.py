@@ -110,9 +110,6 @@ class _MixedSampler:
 class _ModelEstimatorMixin:
     """``estimator="model"`` (the default) on top of SoBiRL's estimators."""
 
-    #: model rollouts and the model buffer are paid the raw learned reward: no ``reward_scaling`` yet
-    supports_reward_scaling = False
-
     default_estimator = "model"
     estimators = ESTIMATORS + ("model",)
 
@@ -257,18 +254,24 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
         """Learned reward on buffer-unit actions (differentiable in the reward parameters)."""
         return self.reward_model(obs, self._env_actions_t(buffer_act), next_obs)
 
+    def _inner_reward_fn(self, obs: th.Tensor, buffer_act: th.Tensor, next_obs: th.Tensor) -> th.Tensor:
+        """What the inner learner is paid on buffer-unit actions: the learned reward, divided by
+        ``rms`` with ``reward_scaling`` (as on the env and in the real replay buffer)."""
+        return self.inner_reward(obs, self._env_actions_t(buffer_act), next_obs)
+
     def _policy_sample(self, obs: th.Tensor) -> th.Tensor:
         return self.actor.action_log_prob(obs)[0]
 
     def model_env(self, reward: bool = True) -> ModelEnv:
-        """A :class:`birl.model_env.ModelEnv` on the learned ensemble with the learned reward.
+        """A :class:`birl.model_env.ModelEnv` on the learned ensemble that pays the inner learner's
+        reward (the learned one, over ``rms`` with ``reward_scaling``; ``reward=False``: none).
 
         Until the replay buffer holds a termination the ensemble's termination head is ignored:
         fitted on all-negative labels it has no evidence, yet after a short fit it ended most
         Pendulum model rollouts early (``tests/test_model_estimator.py``)."""
         rule = self.termination_rule()
         dynamics = EnsembleDynamics(self.dynamics, terminations=self._seen_termination and rule is None)
-        env = ModelEnv(dynamics, self._reward_fn if reward else None, termination_fn=rule)
+        env = ModelEnv(dynamics, self._inner_reward_fn if reward else None, termination_fn=rule)
         env.generator = self._model_rng  # one seeded stream across rollouts
         return env
 
@@ -349,7 +352,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
     def _relabel(self) -> None:
         super()._relabel()
         if self.model_buffer.size() > 0:
-            self.model_buffer.relabel(self.reward_model, self._env_actions, self.relabel_batch_size)
+            self.model_buffer.relabel(self.inner_reward, self._env_actions, self.relabel_batch_size)  # rms refitted just above
 
     # ------------------------------------------------------------------ model estimator
     def _branch_rollouts(self, obs: th.Tensor, buffer_act: th.Tensor):

@@ -165,6 +165,9 @@ class OfflineMLIRL(MSoBiRL):
     ``penalty_coef``, or ``model_train_freq`` (the ensemble is fitted once on the fixed data).
     """
 
+    #: ``penalty_coef`` is in the raw learned reward's units, so model rewards are not rescaled
+    supports_reward_scaling = False
+
     def __init__(self, policy, env, feedback=None, offline_data: Optional[Demonstrations] = None,
                  uncertainty: str = "disagreement", penalty_coef: float = 1.0, **kwargs: Any) -> None:
         constructing = kwargs.get("_init_setup_model", True)

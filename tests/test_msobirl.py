@@ -45,19 +45,23 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("feedback", ["demonstrations", "preferences"])
-def test_tabular_agent_with_true_P_matches_exact(tabular, feedback):
+@pytest.mark.parametrize("feedback,reward_scaling", [("demonstrations", False), ("preferences", False), ("preferences", True)])
+def test_tabular_agent_with_true_P_matches_exact(tabular, feedback, reward_scaling):
+    """With ``reward_scaling`` the learner solves the soft MDP of the raw reward at ``alpha * rms``,
+    the temperature of both the estimate and the exact answer."""
     mdp, x_true, demos = tabular
     fb = demos if feedback == "demonstrations" else SyntheticTeacher(seed=0)
     env = TabularEnv(mdp, reward_params=x_true, max_episode_steps=50)
     agent = DiscreteMSoBiRL("MlpPolicy", env, feedback=fb, seed=0, gamma=mdp.gamma, transition_model=mdp.P,
-                            msobirl_iters=3000, **fast_agent_kwargs())
+                            msobirl_iters=3000, reward_scaling=reward_scaling, **fast_agent_kwargs())
     before = [p.detach().clone() for p in agent.reward_model.parameters()]
     agent.learn(300)
     assert any(not th.equal(a, b) for a, b in zip(before, agent.reward_model.parameters()))
     weights = agent.demonstration_weights() if feedback == "demonstrations" else np.random.default_rng(1).random((8, 3))
     estimate = agent.model_hypergradient(-weights)  # the agent's estimator: w-iteration on its model
     assert rel(estimate, exact_table_gradient(mdp, agent, weights)) < 1e-5  # w-iteration tolerance
+    if reward_scaling:
+        assert float(agent.inner_reward.rms) != 1.0 and agent._tau() == pytest.approx(agent._ent_coef_float() * float(agent.inner_reward.rms))
 
 
 def test_learned_tabular_model_converges_to_exact(tabular):
@@ -132,6 +136,34 @@ def test_pendulum_smoke_save_load_logging(tmp_path):
     loaded.learn(1, reset_num_timesteps=False)
     assert loaded.model_buffer.size() > 0
     loaded.learn(100, reset_num_timesteps=False)
+
+
+def test_reward_scaling_pays_model_rollouts_the_scaled_reward(tmp_path):
+    """``reward_scaling`` in M-SoBiRL: model rollouts and the relabelled model buffer pay ``r / rms``
+    (the same ``rms`` as the real replay), while the ``model`` estimator differentiates the raw
+    reward at ``tau = alpha * rms``; ``rms`` survives save / load."""
+    agent = MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), reward_scaling=True, seed=0,
+                    **fast_agent_kwargs(), **fast_model())
+    agent.learn(400)
+    rms = float(agent.inner_reward.rms)
+    assert agent._n_outer >= 2 and rms != 1.0 and agent._tau() == pytest.approx(agent._ent_coef_float() * rms)
+
+    def raw(buf, n):
+        with th.no_grad():
+            return agent._reward_fn(*(th.as_tensor(a[:n, 0]) for a in (buf.observations, buf.actions, buf.next_observations))).numpy()
+
+    agent.generate_model_rollouts()  # a fresh generation, after the last outer step's rms
+    model_buf = agent.model_buffer
+    new = (model_buf.pos - np.arange(1, agent.rollout_batch_size + 1)) % model_buf.buffer_size
+    np.testing.assert_allclose(model_buf.rewards[new, 0], raw(model_buf, model_buf.size())[new] / rms, rtol=1e-5, atol=1e-6)
+    agent._relabel()
+    rms = float(agent.inner_reward.rms)
+    real, n = agent.replay_buffer, agent.replay_buffer.size()
+    assert np.sqrt(np.mean(real.rewards[:n] ** 2)) == pytest.approx(1.0, rel=1e-5)
+    np.testing.assert_allclose(model_buf.rewards[: model_buf.size(), 0], raw(model_buf, model_buf.size()) / rms, rtol=1e-5, atol=1e-6)
+    agent.save(tmp_path / "agent")
+    loaded = MSoBiRL.load(tmp_path / "agent", env=gym.make("Pendulum-v1"))
+    assert loaded.reward_scaling and float(loaded.inner_reward.rms) == pytest.approx(rms)
 
 
 def test_rollout_schedule_and_bad_arguments():

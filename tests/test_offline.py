@@ -116,6 +116,8 @@ def test_bad_datasets_fail_at_construction(demos):
         OfflineMLIRL("MlpPolicy", env, feedback=demos, model_train_freq=10, **small())
     with pytest.raises(ValueError, match="buffer_size must hold the whole dataset"):
         OfflineMLIRL("MlpPolicy", env, feedback=demos, buffer_size=10, **small())
+    with pytest.raises(ValueError, match="reward_scaling=True is not supported by OfflineMLIRL"):
+        OfflineMLIRL("MlpPolicy", env, feedback=demos, reward_scaling=True, **small())
 
 
 def test_max_std_uncertainty_is_nonnegative(demos):

@@ -345,7 +345,3 @@ def test_reward_scaling_bad_values():
     _, _, env = tabular_env()
     with pytest.raises(TypeError, match="reward_scaling"):
         DiscreteSoBiRL("MlpPolicy", env, feedback=SyntheticTeacher(seed=0), reward_scaling="yes")
-    from agents.msobirl import MSoBiRL
-
-    with pytest.raises(ValueError, match="reward_scaling=True is not supported by MSoBiRL"):
-        MSoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), reward_scaling=True)
