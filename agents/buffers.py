@@ -62,7 +62,7 @@ class BilevelReplayBuffer(ReplayBuffer):
         ``to_env_actions`` maps stored actions to the env's units (what the reward model saw
         when the transition was collected).
         """
-        n = self.buffer_size if self.full else self.pos
+        n = self.size()
         rows_per_batch = max(1, batch_size // self.n_envs)
         for start in range(0, n, rows_per_batch):
             idx = np.arange(start, min(n, start + rows_per_batch))

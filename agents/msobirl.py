@@ -85,9 +85,6 @@ class ModelReplayBuffer(BilevelReplayBuffer):
         self.full = self.full or self.pos + n >= self.buffer_size
         self.pos = int((self.pos + n) % self.buffer_size)
 
-    def size(self) -> int:
-        return self.buffer_size if self.full else self.pos
-
 
 class _MixedSampler:
     """Stands in for the replay buffer during SAC updates: ``sample`` mixes real and model data;
@@ -293,7 +290,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
 
     def _real_transitions(self) -> Tuple[np.ndarray, ...]:
         buf = self.replay_buffer
-        n = buf.buffer_size if buf.full else buf.pos
+        n = buf.size()
         flat = lambda a: a[:n].reshape((n * buf.n_envs,) + a.shape[2:])  # noqa: E731
         terminated = flat(buf.dones * (1 - buf.timeouts)) if buf.handle_timeout_termination else flat(buf.dones)
         return flat(buf.observations), flat(buf.actions), flat(buf._next_obs(np.arange(n))), terminated
@@ -328,7 +325,7 @@ class MSoBiRL(_ModelEstimatorMixin, SoBiRL):
     # ------------------------------------------------------------------ inner level
     def _n_real(self) -> int:
         buf = self.replay_buffer
-        return (buf.buffer_size if buf.full else buf.pos) * buf.n_envs
+        return buf.size() * buf.n_envs
 
     def train(self, gradient_steps: int, batch_size: int = 64) -> None:
         enough = self._n_real() >= max(batch_size, 10)  # after a load the replay buffer starts empty
@@ -477,7 +474,7 @@ class DiscreteMSoBiRL(_ModelEstimatorMixin, DiscreteSoBiRL):
     def update_counts(self) -> TabularCounts:
         """Recount ``P_hat`` from every transition in the replay buffer."""
         buf = self.replay_buffer
-        n = buf.buffer_size if buf.full else buf.pos
+        n = buf.size()
         self.counts = TabularCounts(self.counts.n_states, self.counts.n_actions, prior=self.count_prior).update(
             buf.observations[:n].reshape(-1), buf.actions[:n].reshape(-1), buf._next_obs(np.arange(n)).reshape(-1)
         )

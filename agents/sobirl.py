@@ -494,7 +494,7 @@ class BilevelMixin:
         """The last ``outer_freq`` transitions per env, in time order (nearly on-policy data),
         with actions converted to env units."""
         buf: BilevelReplayBuffer = self.replay_buffer
-        n_filled = buf.buffer_size if buf.full else buf.pos
+        n_filled = buf.size()
         length = min(n_filled, max(self.outer_freq, 2 * self.segment_length))
         idx = (buf.pos - length + np.arange(length)) % buf.buffer_size
         self._window_rows = idx
