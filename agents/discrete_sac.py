@@ -8,7 +8,15 @@ every expectation over actions is computed exactly instead of from a sampled act
 * soft state value     ``V(s) = sum_a pi(a|s) [Q(s, a) - alpha log pi(a|s)]``
 * critic target        ``y = r + gamma^n (1 - done) V_target(s')`` with ``Q_target = min_k Q_target_k``
 * critic loss          ``1/2 sum_k MSE(Q_k(s, a), y)`` (the ``1/2 sum_k`` convention of SB3's SAC)
-* actor loss           ``E_s[ sum_a pi(a|s) (alpha log pi(a|s) - min_k Q_k(s, a)) ]``
+* actor loss           ``E_s[ sum_a pi(a|s) (alpha log pi(a|s) - min_k Q_k(s, a)) ]``, i.e.
+  ``alpha KL(pi || softmax(Q / alpha))`` up to a constant (``actor_loss="reverse_kl"``, SAC's), or
+  ``alpha KL(softmax(Q / alpha) || pi)`` (``actor_loss="forward_kl"``).  Both are minimised by the
+  same soft-greedy policy ``softmax(Q / alpha)``.  The reverse loss's gradient in the logits,
+  ``pi (alpha log pi - Q - const)``, vanishes for actions whose probability has collapsed to about
+  0, so a saturated actor cannot come back even when the critic and ``alpha`` ask it to.  The
+  forward loss's gradient, ``alpha (pi - softmax(Q / alpha))``, does not vanish there.  The
+  forward-KL actor objective for discrete SAC is one of those studied in "Dissecting Discrete Soft
+  Actor-Critic: Limitations and Principled Alternatives" (arXiv:2509.09838).
 * entropy-coef. loss   ``-E_s[ log(alpha) (H_target - H(pi(.|s))) ]`` with the exact entropy ``H``
 
 ``alpha`` is the entropy coefficient (``ent_coef``); in soft bilevel RL it is the temperature ``tau`` of
@@ -40,7 +48,10 @@ from agents.policies import (
     check_discrete_action_space,
 )
 
-__all__ = ["DEFAULT_TARGET_ENTROPY_RATIO", "DiscreteSAC"]
+__all__ = ["ACTOR_LOSSES", "DEFAULT_TARGET_ENTROPY_RATIO", "DiscreteSAC"]
+
+#: accepted ``actor_loss`` values (module docstring)
+ACTOR_LOSSES = ("reverse_kl", "forward_kl")
 
 SelfDiscreteSAC = TypeVar("SelfDiscreteSAC", bound="DiscreteSAC")
 
@@ -81,6 +92,9 @@ class DiscreteSAC(OffPolicyAlgorithm):
     :param target_entropy: target of the mean policy entropy (in nats) when learning ``ent_coef``:
         a float, ``"auto"`` (``DEFAULT_TARGET_ENTROPY_RATIO * log(n_actions)``) or ``"auto_<ratio>"``
         (``ratio * log(n_actions)``, e.g. ``"auto_0.98"`` as in Christodoulou 2019)
+    :param actor_loss: ``"reverse_kl"`` (SAC's actor loss, the default) or ``"forward_kl"``
+        (``alpha KL(softmax(Q / alpha) || pi)``: the same minimiser, with a gradient that does not
+        vanish when the actor has collapsed onto one action; see the module docstring)
     :param stats_window_size: Window size for the rollout logging (number of episodes averaged)
     :param tensorboard_log: the log location for tensorboard (if None, no logging)
     :param policy_kwargs: additional arguments to be passed to the policy on creation
@@ -121,6 +135,7 @@ class DiscreteSAC(OffPolicyAlgorithm):
         ent_coef: str | float = "auto",
         target_update_interval: int = 1,
         target_entropy: str | float = "auto",
+        actor_loss: str = "reverse_kl",
         stats_window_size: int = 100,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
@@ -161,6 +176,9 @@ class DiscreteSAC(OffPolicyAlgorithm):
             check_discrete_action_space(self.action_space, type(self).__name__)
         if target_update_interval < 1:
             raise ValueError(f"target_update_interval must be >= 1, got {target_update_interval}")
+        if actor_loss not in ACTOR_LOSSES:
+            raise ValueError(f"actor_loss must be one of {ACTOR_LOSSES}, got {actor_loss!r}")
+        self.actor_loss = actor_loss
 
         self.target_entropy = target_entropy
         self.log_ent_coef: th.Tensor | None = None
@@ -195,6 +213,8 @@ class DiscreteSAC(OffPolicyAlgorithm):
         else:
             if float(self.ent_coef) < 0.0:
                 raise ValueError(f"ent_coef must be >= 0, got {self.ent_coef}")
+            if float(self.ent_coef) == 0.0 and self.actor_loss == "forward_kl":
+                raise ValueError("actor_loss='forward_kl' needs ent_coef > 0: its target softmax(Q / ent_coef) is undefined at 0")
             self.ent_coef_tensor = th.tensor(float(self.ent_coef), device=self.device)
 
     def _parse_target_entropy(self, target_entropy: str | float) -> float:
@@ -330,7 +350,7 @@ class DiscreteSAC(OffPolicyAlgorithm):
             probs, log_probs = self.actor.action_probs(replay_data.observations)
             with th.no_grad():
                 min_q = self.critic.min_q(replay_data.observations)
-            actor_loss = (probs * (ent_coef * log_probs - min_q)).sum(dim=-1).mean()
+            actor_loss = self._actor_objective(probs, log_probs, min_q, ent_coef)
             actor_losses.append(actor_loss.item())
             self.actor.optimizer.zero_grad()
             actor_loss.backward()
@@ -362,6 +382,13 @@ class DiscreteSAC(OffPolicyAlgorithm):
         self.logger.record("train/entropy", np.mean(entropies))
         if len(ent_coef_losses) > 0:
             self.logger.record("train/ent_coef_loss", np.mean(ent_coef_losses))
+
+    def _actor_objective(self, probs: th.Tensor, log_probs: th.Tensor, min_q: th.Tensor, ent_coef: th.Tensor) -> th.Tensor:
+        """The actor loss of ``actor_loss`` (module docstring), averaged over the batch."""
+        if self.actor_loss == "reverse_kl":
+            return (probs * (ent_coef * log_probs - min_q)).sum(dim=-1).mean()
+        target_log_probs = th.log_softmax(min_q / ent_coef, dim=-1)
+        return (ent_coef * target_log_probs.exp() * (target_log_probs - log_probs)).sum(dim=-1).mean()
 
     def learn(
         self: SelfDiscreteSAC,

@@ -254,6 +254,62 @@ def test_train_step_losses_match_formulas():
     assert logged["train/entropy"] == pytest.approx(float(entropy), rel=1e-5)
 
 
+@pytest.mark.parametrize("actor_loss", ["reverse_kl", "forward_kl"])
+def test_actor_losses_share_the_soft_greedy_minimiser(actor_loss):
+    """Both actor losses, minimised over free logits for fixed Q, give softmax(Q / alpha); the
+    forward loss is alpha KL(softmax(Q / alpha) || pi) exactly, so its minimum is 0."""
+    model = _filled_model(ent_coef=0.3, actor_loss=actor_loss)
+    q = th.tensor([[1.0, 0.2, -0.5], [0.0, 0.0, 2.0]])
+    alpha = th.tensor(0.3)
+    logits = th.zeros_like(q, requires_grad=True)
+    opt = th.optim.LBFGS([logits], max_iter=200, tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        log_pi = th.log_softmax(logits, -1)
+        loss = model._actor_objective(log_pi.exp(), log_pi, q, alpha)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    target = th.softmax(q / alpha, -1)
+    assert th.allclose(th.softmax(logits.detach(), -1), target, atol=1e-4)
+    if actor_loss == "forward_kl":
+        log_pi = th.log_softmax(logits.detach(), -1)
+        assert float(model._actor_objective(log_pi.exp(), log_pi, q, alpha)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_forward_kl_actor_gradient_does_not_vanish_when_collapsed():
+    """An actor collapsed onto the wrong action: SAC's reverse-KL gradient in the logits is about 0
+    (it cannot recover), the forward-KL gradient is alpha (pi - softmax(Q / alpha))."""
+    q = th.tensor([[0.0, 0.4, 0.0]])  # the critic prefers action 1
+    alpha = th.tensor(0.5)
+    grads = {}
+    for actor_loss in ("reverse_kl", "forward_kl"):
+        model = _filled_model(ent_coef=0.5, actor_loss=actor_loss)
+        logits = th.tensor([[40.0, 0.0, 0.0]], requires_grad=True)  # pi(0) = 1 - 8e-18
+        log_pi = th.log_softmax(logits, -1)
+        model._actor_objective(log_pi.exp(), log_pi, q, alpha).backward()
+        grads[actor_loss] = logits.grad
+    pi = th.softmax(th.tensor([[40.0, 0.0, 0.0]]), -1)
+    assert grads["reverse_kl"].abs().max() < 1e-10
+    assert th.allclose(grads["forward_kl"], alpha * (pi - th.softmax(q / alpha, -1)), atol=1e-6)
+    assert grads["forward_kl"][0, 1] < -0.1  # gradient descent raises the preferred action's logit
+
+
+def test_actor_loss_argument_checked_and_saved(tmp_path):
+    with pytest.raises(ValueError, match="actor_loss"):
+        DiscreteSAC("MlpPolicy", "CartPole-v1", actor_loss="kl")
+    with pytest.raises(ValueError, match="actor_loss='forward_kl' needs ent_coef > 0"):
+        DiscreteSAC("MlpPolicy", "CartPole-v1", actor_loss="forward_kl", ent_coef=0.0)
+    model = _filled_model(actor_loss="forward_kl")
+    model.train(gradient_steps=3, batch_size=32)
+    assert np.isfinite(model.logger.name_to_value["train/actor_loss"])
+    model.save(tmp_path / "fkl")
+    assert DiscreteSAC.load(tmp_path / "fkl").actor_loss == "forward_kl"
+    assert DiscreteSAC("MlpPolicy", "CartPole-v1").actor_loss == "reverse_kl"
+
+
 def test_auto_entropy_coefficient_moves_toward_target():
     # Near-uniform initial policy (entropy ~ log 2) above a low target: alpha must decrease
     model = _filled_model(ent_coef="auto_0.5", target_entropy=0.05)

@@ -5,7 +5,9 @@ first update it takes ``n_states`` states from the replay buffer and appends a C
 policy entropy (uniform over Pong's 6 actions: log 6 = 1.79 nats), the mean largest action
 probability, the entropy coefficient, the critic's mean Q and mean spread over actions, the actor's
 mean logit range, (SoBiRL / DRLHF) the learned reward's mean spread over actions, and the mean
-and standard deviation of the rewards stored in the replay buffer (relabelled by the reward model).
+and standard deviation of the rewards stored in the replay buffer (relabelled by the reward model),
+and (SoBiRL / DRLHF) the last outer step's time step, temperature ``tau`` and gradient norms of the
+direct and second hypergradient terms (``outer/direct_grad_norm`` and ``outer/second_term_grad_norm``).
 
     PYTHONPATH=.:benchmark/diagnostics python -m agents.train --algo sobirl --env PongNoFrameskip-v4 \\
         -n 4000 --seed 0 --eval-freq -1 -f /tmp/trace \\
@@ -20,7 +22,8 @@ import numpy as np
 import torch as th
 from stable_baselines3.common.callbacks import BaseCallback
 
-FIELDS = ["step", "n_updates", "entropy", "max_prob", "ent_coef", "q_mean", "q_spread", "logit_range", "reward_spread", "buffer_reward_mean", "buffer_reward_std"]
+FIELDS = ["step", "n_updates", "entropy", "max_prob", "ent_coef", "q_mean", "q_spread", "logit_range", "reward_spread", "buffer_reward_mean", "buffer_reward_std",
+          "last_outer_step", "tau", "direct_grad_norm", "second_term_grad_norm"]
 
 
 class EntropyTrace(BaseCallback):
@@ -43,7 +46,7 @@ class EntropyTrace(BaseCallback):
         if self.num_timesteps % self.every != 0 or getattr(model, "_n_updates", 0) == 0:
             return True
         buffer = model.replay_buffer
-        n = buffer.buffer_size if buffer.full else buffer.pos
+        n = buffer.size()
         idx = self._rng.integers(0, n, size=self.n_states)
         obs_np = buffer.observations[idx, 0]
         obs = th.as_tensor(obs_np, device=model.device)
@@ -63,6 +66,10 @@ class EntropyTrace(BaseCallback):
                 "reward_spread": float("nan"),
                 "buffer_reward_mean": float(buffer.rewards[:n].mean()),
                 "buffer_reward_std": float(buffer.rewards[:n].std()),
+                "last_outer_step": getattr(model, "_last_outer_step", float("nan")),
+                "tau": model._tau() if hasattr(model, "_tau") else float("nan"),
+                "direct_grad_norm": getattr(model, "_term_norms", (float("nan"),) * 2)[0],
+                "second_term_grad_norm": getattr(model, "_term_norms", (float("nan"),) * 2)[1],
             }
             reward_model = getattr(model, "reward_model", None)
             if reward_model is not None:
