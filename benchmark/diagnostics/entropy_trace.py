@@ -13,8 +13,15 @@ direct and second hypergradient terms (``outer/direct_grad_norm`` and ``outer/se
         -n 4000 --seed 0 --eval-freq -1 -f /tmp/trace \\
         -params learning_starts:1000 hypergrad_warmup:2000 outer_freq:1000 buffer_size:10000 n_queries:100 \\
         "callback:[{'entropy_trace.EntropyTrace': {'path': '/tmp/trace/sobirl.csv'}}]"
+
+Summarise traces over windows of env steps (minimum entropy, share of rows under 0.1 nats, and
+how far the actor's logit range is from the soft-greedy ``q_spread / ent_coef``: 1 when the
+actor tracks ``softmax(Q / alpha)``, far above 1 when it has overshot its critic):
+
+    python benchmark/diagnostics/entropy_trace.py /tmp/trace/sobirl.csv --windows 5000,10000,12000,16000,30000
 """
 
+import argparse
 import csv
 import os
 
@@ -80,3 +87,38 @@ class EntropyTrace(BaseCallback):
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, FIELDS).writerow(row)
         return True
+
+
+def summarise(path: str, windows: list) -> list:
+    """One dict per window ``(lo, hi]`` of env steps with rows in the trace at ``path``."""
+    with open(path, newline="") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    out = []
+    for lo, hi in zip(windows[:-1], windows[1:]):
+        sel = [r for r in rows if lo < r["step"] <= hi]
+        if not sel:
+            continue
+        entropy = np.array([r["entropy"] for r in sel])
+        ratio = np.array([r["logit_range"] * r["ent_coef"] / r["q_spread"] for r in sel])
+        alpha = np.array([r["ent_coef"] for r in sel])
+        out.append({"window": f"({lo}, {hi}]", "rows": len(sel), "min_entropy": float(entropy.min()),
+                    "share_low": float((entropy < 0.1).mean()), "median_ratio": float(np.median(ratio)),
+                    "max_ratio": float(ratio.max()), "alpha_min": float(alpha.min()), "alpha_max": float(alpha.max())})
+    return out
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="Summarise EntropyTrace CSVs over windows of env steps.")
+    parser.add_argument("paths", nargs="+", help="trace CSVs written by EntropyTrace")
+    parser.add_argument("--windows", default="0,5000,10000,20000,50000,100000",
+                        help="comma-separated window edges in env steps (default: %(default)s)")
+    args = parser.parse_args()
+    edges = [int(x) for x in args.windows.split(",")]
+    if len(edges) < 2 or edges != sorted(edges):
+        parser.error(f"--windows needs at least two increasing edges, got {args.windows!r}")
+    for trace in args.paths:
+        print(trace)
+        for row in summarise(trace, edges):
+            print("  {window:>16}  rows {rows:3d}  min entropy {min_entropy:.2g}  share < 0.1 nats {share_low:.2f}  "
+                  "logit range / (Q spread / alpha): median {median_ratio:.2f}, max {max_ratio:.1f}  "
+                  "alpha {alpha_min:.3f}-{alpha_max:.3f}".format(**row))

@@ -1,0 +1,47 @@
+"""The entropy-trace diagnostic (benchmark/diagnostics/entropy_trace.py): callback rows and summaries."""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark" / "diagnostics"))
+entropy_trace = pytest.importorskip("entropy_trace")
+
+from agents.discrete_sac import DiscreteSAC  # noqa: E402
+
+
+def test_trace_rows_match_the_agent(tmp_path):
+    path = tmp_path / "trace.csv"
+    model = DiscreteSAC("MlpPolicy", "CartPole-v1", learning_starts=100, batch_size=32, seed=0,
+                        policy_kwargs=dict(net_arch=[16]), buffer_size=1000)
+    model.learn(400, callback=entropy_trace.EntropyTrace(str(path), every=100, n_states=64))
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [200, 300, 400]  # none before the first update
+    last = rows[-1]
+    assert int(last["n_updates"]) == model._n_updates - 1  # read before the last step's update
+    assert float(last["ent_coef"]) == pytest.approx(model.alpha, rel=1e-3)  # one alpha step later
+    assert 0.0 < float(last["entropy"]) <= math.log(2) + 1e-6
+    assert math.isnan(float(last["reward_spread"])) and math.isnan(float(last["tau"]))  # plain SAC: no reward model
+
+
+def test_summary_ratio_is_one_for_a_soft_greedy_actor(tmp_path):
+    path = tmp_path / "trace.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, entropy_trace.FIELDS, restval="nan")
+        writer.writeheader()
+        # steps 100-400 track softmax(Q / alpha); step 600 has overshot 10x and collapsed
+        for step, alpha, spread, logits, entropy in [(100, 0.1, 0.5, 5.0, 1.2), (400, 0.2, 0.4, 2.0, 1.5), (600, 0.1, 0.3, 30.0, 1e-9)]:
+            writer.writerow({"step": step, "ent_coef": alpha, "q_spread": spread, "logit_range": logits, "entropy": entropy})
+    early, late = entropy_trace.summarise(str(path), [0, 500, 1000])
+    assert early["rows"] == 2 and early["median_ratio"] == pytest.approx(1.0) and early["share_low"] == 0.0
+    assert late["rows"] == 1 and late["max_ratio"] == pytest.approx(10.0) and late["share_low"] == 1.0
+    assert late["alpha_min"] == late["alpha_max"] == pytest.approx(0.1)
+    assert entropy_trace.summarise(str(path), [700, 800]) == []
+    assert np.isfinite(early["min_entropy"])
