@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark" / "diagnostics"))
-entropy_trace = pytest.importorskip("entropy_trace")
+import entropy_trace  # noqa: E402  (a script folder, not a package)
 
 from agents.discrete_sac import DiscreteSAC  # noqa: E402
 
