@@ -58,7 +58,6 @@ class EntropyTrace(BaseCallback):
         obs_np = buffer.observations[idx, 0]
         obs = th.as_tensor(obs_np, device=model.device)
         with th.no_grad():
-            logits = model.actor.action_logits(obs)
             probs, log_probs = model.actor.action_probs(obs)
             q = model.critic.min_q(obs)
             row = {
@@ -69,15 +68,15 @@ class EntropyTrace(BaseCallback):
                 "ent_coef": model.alpha,
                 "q_mean": float(q.mean()),
                 "q_spread": float((q.max(1).values - q.min(1).values).mean()),
-                "logit_range": float((logits.max(1).values - logits.min(1).values).mean()),
+                # log-softmax shifts each row's logits by one constant: same range, no second forward pass
+                "logit_range": float((log_probs.max(1).values - log_probs.min(1).values).mean()),
                 "reward_spread": float("nan"),
                 "buffer_reward_mean": float(buffer.rewards[:n].mean()),
                 "buffer_reward_std": float(buffer.rewards[:n].std()),
                 "last_outer_step": getattr(model, "_last_outer_step", float("nan")),
                 "tau": model._tau() if hasattr(model, "_tau") else float("nan"),
-                "direct_grad_norm": getattr(model, "_term_norms", (float("nan"),) * 2)[0],
-                "second_term_grad_norm": getattr(model, "_term_norms", (float("nan"),) * 2)[1],
             }
+            row["direct_grad_norm"], row["second_term_grad_norm"] = getattr(model, "_term_norms", (float("nan"),) * 2)
             reward_model = getattr(model, "reward_model", None)
             if reward_model is not None:
                 A = probs.shape[1]
