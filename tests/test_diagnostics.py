@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark" / "diagnostics"))
 import entropy_trace  # noqa: E402  (a script folder, not a package)
+import reward_fit_probe  # noqa: E402
 
 from agents.discrete_sac import DiscreteSAC  # noqa: E402
 
@@ -45,3 +46,43 @@ def test_summary_ratio_is_one_for_a_soft_greedy_actor(tmp_path):
     assert late["alpha_min"] == late["alpha_max"] == pytest.approx(0.1)
     assert entropy_trace.summarise(str(path), [700, 800]) == []
     assert np.isfinite(early["min_entropy"])
+
+
+def test_reward_fit_probe_reports_each_outer_step_and_leaves_the_agent_alone(capsys):
+    import json
+
+    import gymnasium as gym
+    import torch as th
+
+    from agents.sobirl import SoBiRL
+    from birl.feedback import SyntheticTeacher
+
+    env = gym.make("Pendulum-v1")
+    agent = reward_fit_probe.probe_class(SoBiRL, [20])(
+        "MlpPolicy", env, feedback=SyntheticTeacher(beta=float("inf"), seed=0), estimator="none", n_queries=40,
+        segment_length=10, outer_freq=200, reward_steps=5, learning_starts=200, batch_size=32,
+        policy_kwargs=dict(net_arch=[16]), seed=0)
+    before = {}
+
+    real_more_steps = reward_fit_probe._more_steps
+
+    def spy(model, n):
+        before["params"] = [p.detach().clone() for p in model.reward_model.parameters()]
+        copy = real_more_steps(model, n)
+        before["after"] = [p.detach().clone() for p in model.reward_model.parameters()]
+        before["copy"] = [p.detach().clone() for p in copy.parameters()]
+        return copy
+
+    reward_fit_probe._more_steps = spy
+    try:
+        agent.learn(600)
+    finally:
+        reward_fit_probe._more_steps = real_more_steps
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["step"] for r in rows] == [201, 401]
+    for row in rows:
+        for fit in (row["reward_steps=5"], row["+20"]):
+            assert 0.0 <= fit["train_acc"] <= 1.0 and 0.0 <= fit["heldout_acc"] <= 1.0 and -1.0 <= fit["corr"] <= 1.0
+    # the extra steps train a copy: the agent's own reward model is untouched, the copy moved
+    assert all(th.equal(a, b) for a, b in zip(before["params"], before["after"]))
+    assert not all(th.equal(a, b) for a, b in zip(before["params"], before["copy"]))
