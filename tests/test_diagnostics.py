@@ -48,7 +48,7 @@ def test_summary_ratio_is_one_for_a_soft_greedy_actor(tmp_path):
     assert np.isfinite(early["min_entropy"])
 
 
-def test_reward_fit_probe_reports_each_outer_step_and_leaves_the_agent_alone(capsys):
+def test_reward_fit_probe_reports_each_outer_step_and_leaves_the_agent_alone(capsys, monkeypatch):
     import json
 
     import gymnasium as gym
@@ -73,11 +73,8 @@ def test_reward_fit_probe_reports_each_outer_step_and_leaves_the_agent_alone(cap
         before["copy"] = [p.detach().clone() for p in copy.parameters()]
         return copy
 
-    reward_fit_probe._more_steps = spy
-    try:
-        agent.learn(600)
-    finally:
-        reward_fit_probe._more_steps = real_more_steps
+    monkeypatch.setattr(reward_fit_probe, "_more_steps", spy)
+    agent.learn(600)
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [r["step"] for r in rows] == [201, 401]
     for row in rows:

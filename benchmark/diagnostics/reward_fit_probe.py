@@ -29,11 +29,13 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 import yaml
+from rl_zoo3.utils import StoreDict
+from stable_baselines3.common.callbacks import BaseCallback
 
 from agents.msobirl import MSoBiRL
 from agents.sobirl import SoBiRL
 from agents.zoo import bilevel_kwargs
-from birl.feedback import bradley_terry_nll, preference_accuracy, sample_segments_from_buffer, segment_returns
+from birl.feedback import SyntheticTeacher, bradley_terry_nll, preference_accuracy, sample_segments_from_buffer, segment_returns
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,8 +80,8 @@ def probe_class(base: type, extra: list) -> type:
             segs = sample_segments_from_buffer(win["obs"], win["acts"], win["true_rewards"], win["dones"], horizon=self.segment_length,
                                                n=1000, rng=rng, next_obs=win["next_obs"], replace=True)
             h1, h2 = segs[np.arange(500)], segs[np.arange(500, 1000)]
-            hy = (h1.true_rewards.sum(1) > h2.true_rewards.sum(1)).astype(np.float32)
-            keep = h1.true_rewards.sum(1) != h2.true_rewards.sum(1)
+            hy, _ = SyntheticTeacher(beta=float("inf")).label(h1, h2)
+            keep = hy != 0.5  # equal TRUE returns: no order to get right
             heldout = (h1[np.flatnonzero(keep)], h2[np.flatnonzero(keep)], hy[keep])
             flat = lambda a: th.as_tensor(a.reshape(-1, *a.shape[2:]), dtype=th.float32)  # noqa: E731
             window = (flat(win["obs"]), flat(win["acts"]), flat(win["next_obs"]), win["true_rewards"].reshape(-1))
@@ -101,27 +103,23 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=100_000, help="env steps the query schedule is spread over")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--extra", default="150,450", help="comma-separated numbers of extra reward steps")
-    parser.add_argument("-params", nargs="*", default=[], metavar="KEY:VALUE", help="zoo-entry overrides (YAML values)")
+    parser.add_argument("-params", "--hyperparams", type=str, nargs="+", action=StoreDict, default={},
+                        help="zoo-entry overrides, as for agents.benchmark (e.g. learning_starts:5000)")
     args = parser.parse_args()
     th.set_num_threads(1)
     hyperparams = yaml.safe_load((ROOT / "zoo_configs" / f"{args.algo}.yml").read_text())[args.env]
     for key in ("n_timesteps", "policy"):
         hyperparams.pop(key, None)
     hyperparams.update(n_queries=args.queries, estimator="none")
-    for item in args.params:
-        key, value = item.split(":", 1)
-        hyperparams[key] = yaml.safe_load(value)
+    hyperparams.update(args.hyperparams)
     env = gym.make(args.env)
     kwargs = bilevel_kwargs(hyperparams, env, seed=args.seed)
     agent = probe_class(MSoBiRL if args.algo == "msobirl" else SoBiRL, [int(n) for n in args.extra.split(",") if n])(
         "MlpPolicy", env, seed=args.seed, verbose=0, **kwargs)
-    stop_at = args.steps
-
-    from stable_baselines3.common.callbacks import BaseCallback
 
     class Stop(BaseCallback):
         def _on_step(self) -> bool:
-            return self.num_timesteps < stop_at
+            return self.num_timesteps < args.steps
 
     agent.learn(args.budget, callback=Stop())
 
