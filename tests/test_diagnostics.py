@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmark" / "diagnostics"))
-import entropy_trace  # noqa: E402  (a script folder, not a package)
+import checkpoint_reward  # noqa: E402  (a script folder, not a package)
+import entropy_trace  # noqa: E402
 import reward_fit_probe  # noqa: E402
 
 from agents.discrete_sac import DiscreteSAC  # noqa: E402
@@ -83,3 +85,50 @@ def test_reward_fit_probe_reports_each_outer_step_and_leaves_the_agent_alone(cap
     # the extra steps train a copy: the agent's own reward model is untouched, the copy moved
     assert all(th.equal(a, b) for a, b in zip(before["params"], before["after"]))
     assert not all(th.equal(a, b) for a, b in zip(before["params"], before["copy"]))
+
+
+class _LinearRewardAgent:
+    """Stands in for an agent: reward ``obs[:, 0] - act[:, 0]`` on the CPU."""
+
+    device = "cpu"
+
+    @staticmethod
+    def reward_model(obs, acts, next_obs):
+        return obs[:, 0] - acts[:, 0]
+
+
+def test_checkpoint_reward_agreement_numbers():
+    rng = np.random.default_rng(0)
+    obs, acts = rng.normal(size=(50, 3)).astype(np.float32), rng.normal(size=(50, 1)).astype(np.float32)
+    true = rng.normal(size=50).astype(np.float32)
+    terminal = np.zeros(50, dtype=np.float32)
+    terminal[[9, 29]] = 1
+    out = checkpoint_reward.reward_agreement(_LinearRewardAgent(), dict(obs=obs, acts=acts, next_obs=obs, true=true, terminal=terminal))
+    learned = obs[:, 0].astype(np.float64) - acts[:, 0]
+    assert out["corr"] == pytest.approx(np.corrcoef(learned, true)[0, 1], abs=1e-3)
+    assert out["learned_mean_over_std"] == pytest.approx(learned.mean() / learned.std(), abs=1e-3)
+    assert out["learned_terminal_mean"] == pytest.approx(learned[[9, 29]].mean(), abs=1e-3)
+    assert out["true_terminal_mean"] == pytest.approx(true[[9, 29]].mean(), abs=1e-3)
+    assert out["n_terminal"] == 2
+
+
+def test_checkpoint_reward_reads_a_checkpoint(tmp_path, capsys):
+    from agents.checkpoint import save_checkpoint
+    from agents.sobirl import SoBiRL
+    from birl.feedback import SyntheticTeacher
+    from stable_baselines3 import SAC
+
+    model = SoBiRL("MlpPolicy", "Pendulum-v1", feedback=SyntheticTeacher(seed=0), learning_starts=100, outer_freq=100,
+                   n_queries=20, segment_length=10, reward_steps=3, batch_size=32, buffer_size=1000,
+                   policy_kwargs=dict(net_arch=[16]), successor_net_arch=(16,), seed=0)
+    model.learn(200)
+    path = save_checkpoint(model, str(tmp_path / "checkpoint_200.pt"))
+    checkpoint_reward.main(["--env", "Pendulum-v1", "--steps", "300", path])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (row["num_timesteps"], row["steps"], row["n_terminal"]) == (200, 300, 0)  # Pendulum never terminates
+    assert row["true_mean"] < 0 and row["true_terminal_mean"] is None and -1 <= row["corr"] <= 1
+    plain = SAC("MlpPolicy", "Pendulum-v1", learning_starts=10, batch_size=16, buffer_size=100, policy_kwargs=dict(net_arch=[8]))
+    with pytest.raises(ValueError, match="checkpoints"):
+        checkpoint_reward.main(["--env", "Pendulum-v1", save_checkpoint(plain, str(tmp_path / "sac.pt"))])
+    with pytest.raises(ValueError, match="steps"):
+        checkpoint_reward.rollout(model, "Pendulum-v1", 1, 0)

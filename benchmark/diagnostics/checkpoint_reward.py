@@ -1,0 +1,79 @@
+"""Does a bilevel checkpoint's learned reward agree with the TRUE reward on its own policy's data?
+
+Loads checkpoints written by ``agents.train`` / ``agents.benchmark`` (``checkpoint_*.pt``), rolls
+each one's stochastic policy for ``--steps`` env steps in a fresh ``gym.make(env)`` (the TRUE
+reward, no wrapper) and reports, per checkpoint:
+
+* the per-step Pearson correlation of the learned reward with the TRUE reward;
+* the mean / std of both (their ratio says how much the reward pays for staying alive against
+  its per-step spread: with absorbing states, ``r(absorbing) = 0`` (``birl.feedback.losses``),
+  so a learned reward whose mean is small against its spread barely penalises falling over);
+* the mean of both on terminal steps (the transition into the absorbing state).
+
+    python benchmark/diagnostics/checkpoint_reward.py --env Hopper-v5 \\
+        benchmark/zoo_logs/mujoco/Hopper-v5/msobirl_seed0_*/checkpoints/checkpoint_000000050000.pt
+
+Prints one JSON line per checkpoint.  Vector observations without VecNormalize only.
+"""
+
+import argparse
+import json
+from typing import List
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+
+from agents.checkpoint import load_checkpoint
+
+
+def rollout(model, env_id: str, steps: int, seed: int) -> dict:
+    """``steps`` transitions of ``model``'s stochastic policy in ``gym.make(env_id)``."""
+    if steps < 2:
+        raise ValueError(f"steps must be at least 2, got {steps}")
+    env = gym.make(env_id)
+    rows = {k: [] for k in ("obs", "acts", "next_obs", "true", "terminal")}
+    obs, _ = env.reset(seed=seed)
+    for _ in range(steps):
+        act, _ = model.predict(obs, deterministic=False)
+        nxt, rew, terminated, truncated, _ = env.step(act)
+        for k, v in zip(rows, (obs, act, nxt, rew, terminated)):
+            rows[k].append(v)
+        obs = env.reset()[0] if terminated or truncated else nxt
+    env.close()
+    return {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+
+
+def reward_agreement(model, data: dict) -> dict:
+    """Correlation, mean / std and terminal-step means of the learned and the TRUE reward."""
+    as_t = lambda x: th.as_tensor(x, device=model.device)  # noqa: E731
+    with th.no_grad():
+        learned = model.reward_model(as_t(data["obs"]), as_t(data["acts"]), as_t(data["next_obs"]))
+    learned = learned.reshape(-1).cpu().numpy().astype(np.float64)
+    true, terminal = data["true"].astype(np.float64), data["terminal"] > 0
+    out = {"corr": float(np.corrcoef(learned, true)[0, 1]), "n_terminal": int(terminal.sum())}
+    for name, r in (("true", true), ("learned", learned)):
+        out[f"{name}_mean"], out[f"{name}_std"] = float(r.mean()), float(r.std())
+        out[f"{name}_mean_over_std"] = float(r.mean() / r.std())
+        out[f"{name}_terminal_mean"] = float(r[terminal].mean()) if terminal.any() else None
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
+
+
+def main(argv: List[str] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint_*.pt files")
+    parser.add_argument("--env", required=True, help="Gymnasium env id the checkpoints were trained on")
+    parser.add_argument("--steps", type=int, default=5000, help="env steps of the policy per checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    for path in args.checkpoints:
+        model = load_checkpoint(path).load_agent(device="cpu")
+        if getattr(model, "reward_model", None) is None:
+            raise ValueError(f"checkpoints: {path!r} holds a {type(model).__name__} without a learned reward model")
+        row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "steps": args.steps}
+        row.update(reward_agreement(model, rollout(model, args.env, args.steps, args.seed)))
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
