@@ -51,8 +51,6 @@ def test_summary_ratio_is_one_for_a_soft_greedy_actor(tmp_path):
 
 
 def test_reward_fit_probe_reports_each_outer_step_and_leaves_the_agent_alone(capsys, monkeypatch):
-    import json
-
     import gymnasium as gym
     import torch as th
 

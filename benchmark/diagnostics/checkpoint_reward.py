@@ -25,23 +25,28 @@ import numpy as np
 import torch as th
 
 from agents.checkpoint import load_checkpoint
+from birl.feedback import Demonstrations
 
 
 def rollout(model, env_id: str, steps: int, seed: int) -> dict:
-    """``steps`` transitions of ``model``'s stochastic policy in ``gym.make(env_id)``."""
+    """``steps`` transitions of ``model``'s stochastic policy in ``gym.make(env_id)``, episode by
+    episode through :meth:`birl.feedback.Demonstrations.collect` (the last one cut at ``steps``)."""
     if steps < 2:
         raise ValueError(f"steps must be at least 2, got {steps}")
     env = gym.make(env_id)
-    rows = {k: [] for k in ("obs", "acts", "next_obs", "true", "terminal")}
-    obs, _ = env.reset(seed=seed)
-    for _ in range(steps):
-        act, _ = model.predict(obs, deterministic=False)
-        nxt, rew, terminated, truncated, _ = env.step(act)
-        for k, v in zip(rows, (obs, act, nxt, rew, terminated)):
-            rows[k].append(v)
-        obs = env.reset()[0] if terminated or truncated else nxt
+    episodes = []
+    while (done := sum(map(len, episodes))) < steps:
+        episodes += Demonstrations.collect(model, env, 1, seed=None if episodes else seed, deterministic=False,
+                                           max_steps=steps - done).trajectories
     env.close()
-    return {k: np.asarray(v, dtype=np.float32) for k, v in rows.items()}
+    cat = lambda parts: np.concatenate(parts).astype(np.float32)  # noqa: E731
+    return {
+        "obs": cat([t.obs[:-1] for t in episodes]),
+        "acts": cat([t.acts for t in episodes]),
+        "next_obs": cat([t.obs[1:] for t in episodes]),
+        "true": cat([t.rewards for t in episodes]),
+        "terminal": cat([np.arange(len(t)) == len(t) - 1 if t.terminated else np.zeros(len(t), bool) for t in episodes]),
+    }
 
 
 def reward_agreement(model, data: dict) -> dict:
