@@ -10,9 +10,9 @@ place of the step's mean x-velocity: ``r = v_x(s') + 1 - 1e-3 |a|^2``.  Its per-
 with the TRUE reward is printed at the end.
 
     python benchmark/diagnostics/hopper_mbpo_true_reward.py --seed 0 --steps 30000
-    python benchmark/diagnostics/hopper_mbpo_true_reward.py --seed 2 -p rollout_batch_size:100000
+    python benchmark/diagnostics/hopper_mbpo_true_reward.py --seed 2 -params rollout_batch_size:100000
 
-``-p KEY:VALUE`` overrides an entry of the zoo config (the value is read as YAML).
+``-params KEY:VALUE ...`` overrides entries of the zoo config, as for ``agents.benchmark``.
 
 Prints one JSON line per evaluation (5 deterministic episodes every 5,000 steps).
 """
@@ -26,6 +26,7 @@ import gymnasium as gym
 import numpy as np
 import torch as th
 import yaml
+from rl_zoo3.utils import StoreDict
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -81,18 +82,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=30_000)
     parser.add_argument("--eval-every", type=int, default=5_000)
-    parser.add_argument("-p", "--param", action="append", default=[], metavar="KEY:VALUE", help="zoo config override")
+    parser.add_argument("-params", "--hyperparams", type=str, nargs="+", action=StoreDict, default={},
+                        help="zoo-entry overrides, as for agents.benchmark (e.g. target_entropy:-1)")
     args = parser.parse_args()
     th.set_num_threads(1)
     hyperparams = yaml.safe_load((ROOT / "zoo_configs" / "msobirl.yml").read_text())["Hopper-v5"]
     for key in ("n_timesteps", "policy", "reward_model_kwargs"):
         hyperparams.pop(key, None)
-    for item in args.param:
-        key, sep, value = item.partition(":")
-        if not sep or not key:
-            parser.error(f"--param takes KEY:VALUE, got {item!r}")
-        hyperparams[key] = yaml.safe_load(value)
-    print(json.dumps({"seed": args.seed, "overrides": args.param}), flush=True)
+    hyperparams.update(args.hyperparams)
+    print(json.dumps({"seed": args.seed, "overrides": args.hyperparams}), flush=True)
     env = gym.make("Hopper-v5")
     kwargs = bilevel_kwargs(hyperparams, env, seed=args.seed)
     model = FixedReward("MlpPolicy", env, reward_model=HopperReward(), seed=args.seed, verbose=0, **{k: v for k, v in kwargs.items() if k != "reward_model"})
