@@ -110,6 +110,24 @@ def test_checkpoint_reward_agreement_numbers():
     assert out["n_terminal"] == 2
 
 
+def test_checkpoint_reward_episode_scores_numbers():
+    from birl.feedback.segments import Trajectory
+
+    rng = np.random.default_rng(1)
+    episodes = [Trajectory(obs=rng.normal(size=(n + 1, 3)), acts=rng.normal(size=(n, 1)), rewards=rng.normal(size=n), terminated=True)
+                for n in (4, 7)]
+    out = checkpoint_reward.episode_scores(_LinearRewardAgent(), episodes, gamma=0.5)
+    learned = [t.obs[:-1, 0] - t.acts[:, 0] for t in episodes]
+    assert out["learned_return"] == pytest.approx(np.mean([r.sum() for r in learned]), abs=1e-3)
+    assert out["learned_discounted_return"] == pytest.approx(np.mean([sum(x * 0.5 ** i for i, x in enumerate(r)) for r in learned]), abs=1e-3)
+    assert out["true_return"] == pytest.approx(np.mean([t.rewards.sum() for t in episodes]), abs=1e-3)
+    assert out["length"] == 5.5
+    with pytest.raises(ValueError, match="gamma"):
+        checkpoint_reward.episode_scores(_LinearRewardAgent(), episodes, gamma=0.0)
+    with pytest.raises(ValueError, match="episodes"):
+        checkpoint_reward.episode_scores(_LinearRewardAgent(), [], gamma=0.9)
+
+
 def test_checkpoint_reward_reads_a_checkpoint(tmp_path, capsys):
     from agents.checkpoint import save_checkpoint
     from agents.sobirl import SoBiRL
@@ -125,6 +143,16 @@ def test_checkpoint_reward_reads_a_checkpoint(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (row["num_timesteps"], row["steps"], row["n_terminal"]) == (200, 300, 0)  # Pendulum never terminates
     assert row["true_mean"] < 0 and row["true_terminal_mean"] is None and -1 <= row["corr"] <= 1
+    # --cross: every (policy, reward) pair of the checkpoints; Pendulum's episodes last 200 steps
+    model.learn(100, reset_num_timesteps=False)
+    later = save_checkpoint(model, str(tmp_path / "checkpoint_300.pt"))
+    checkpoint_reward.main(["--env", "Pendulum-v1", "--cross", "1", path, later])
+    rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(r["policy"], r["reward"]) for r in rows] == [("200", "200"), ("200", "300"), ("300", "200"), ("300", "300")]
+    assert all(r["length"] == 200 and r["true_return"] < 0 for r in rows)
+    assert rows[0]["true_return"] == rows[1]["true_return"] and rows[0]["learned_return"] != rows[1]["learned_return"]
+    with pytest.raises(ValueError, match="cross"):
+        checkpoint_reward.main(["--env", "Pendulum-v1", "--cross", "-1", path])
     plain = SAC("MlpPolicy", "Pendulum-v1", learning_starts=10, batch_size=16, buffer_size=100, policy_kwargs=dict(net_arch=[8]))
     with pytest.raises(ValueError, match="checkpoints"):
         checkpoint_reward.main(["--env", "Pendulum-v1", save_checkpoint(plain, str(tmp_path / "sac.pt"))])

@@ -14,6 +14,16 @@ reward, no wrapper) and reports, per checkpoint:
         benchmark/zoo_logs/mujoco/Hopper-v5/msobirl_seed0_*/checkpoints/checkpoint_000000050000.pt
 
 Prints one JSON line per checkpoint.  Vector observations without VecNormalize only.
+
+``--cross N`` asks instead whether a later reward still ranks an earlier policy's behaviour above a
+later one's (did the reward move away from hopping, or did the inner level lose it?): it rolls
+each checkpoint's *deterministic* policy for ``N`` episodes (as the TRUE evaluations do) and
+scores every policy's episodes with every checkpoint's reward model, one JSON line per
+(policy, reward) pair: the mean episode return under the learned reward (undiscounted, and
+discounted from the first step with ``--gamma``, what SAC maximises) and under the TRUE reward,
+and the mean episode length (the transitions after termination pay ``r(absorbing) = 0``).
+
+    python benchmark/diagnostics/checkpoint_reward.py --env Hopper-v5 --cross 5 ckpt_10k.pt ckpt_20k.pt
 """
 
 import argparse
@@ -64,17 +74,70 @@ def reward_agreement(model, data: dict) -> dict:
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
+def learned_rewards(model, trajectory) -> np.ndarray:
+    """``model``'s learned reward on each transition of one :class:`birl.feedback.Trajectory`."""
+    as_t = lambda x: th.as_tensor(np.asarray(x, dtype=np.float32), device=model.device)  # noqa: E731
+    with th.no_grad():
+        r = model.reward_model(as_t(trajectory.obs[:-1]), as_t(trajectory.acts), as_t(trajectory.obs[1:]))
+    return r.reshape(-1).cpu().numpy().astype(np.float64)
+
+
+def episode_scores(model, episodes, gamma: float) -> dict:
+    """Mean over ``episodes`` of their learned return under ``model``'s reward (undiscounted and
+    ``gamma``-discounted from the first step), their TRUE return and their length."""
+    if not 0.0 < gamma <= 1.0:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    if not episodes:
+        raise ValueError("episodes must not be empty")
+    learned = [learned_rewards(model, t) for t in episodes]
+    out = {
+        "learned_return": float(np.mean([r.sum() for r in learned])),
+        "learned_discounted_return": float(np.mean([(r * gamma ** np.arange(len(r))).sum() for r in learned])),
+        "true_return": float(np.mean([np.sum(t.rewards) for t in episodes])),
+        "length": float(np.mean([len(t) for t in episodes])),
+    }
+    return {k: round(v, 3) for k, v in out.items()}
+
+
+def cross_scores(models: dict, env_id: str, n_episodes: int, seed: int, gamma: float) -> List[dict]:
+    """Every (policy, reward) pair of ``models`` (``{name: agent}``): :func:`episode_scores` of the
+    policy's ``n_episodes`` deterministic episodes under the reward's model."""
+    rows = []
+    for policy_name, policy in models.items():
+        env = gym.make(env_id)
+        episodes = Demonstrations.collect(policy, env, n_episodes, seed=seed, deterministic=True).trajectories
+        env.close()
+        for reward_name, reward in models.items():
+            rows.append({"policy": policy_name, "reward": reward_name, **episode_scores(reward, episodes, gamma)})
+    return rows
+
+
+def _load(path: str):
+    model = load_checkpoint(path).load_agent(device="cpu")
+    if getattr(model, "reward_model", None) is None:
+        raise ValueError(f"checkpoints: {path!r} holds a {type(model).__name__} without a learned reward model")
+    return model
+
+
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoints", nargs="+", help="checkpoint_*.pt files")
     parser.add_argument("--env", required=True, help="Gymnasium env id the checkpoints were trained on")
     parser.add_argument("--steps", type=int, default=5000, help="env steps of the policy per checkpoint")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cross", type=int, default=0, metavar="N",
+                        help="score every checkpoint's N deterministic episodes with every checkpoint's reward")
+    parser.add_argument("--gamma", type=float, default=0.99, help="discount of the --cross discounted return")
     args = parser.parse_args(argv)
+    if args.cross < 0:
+        raise ValueError(f"cross must be a non-negative number of episodes, got {args.cross}")
+    if args.cross:
+        models = {f"{m.num_timesteps}": m for m in map(_load, args.checkpoints)}
+        for row in cross_scores(models, args.env, args.cross, args.seed, args.gamma):
+            print(json.dumps(row), flush=True)
+        return
     for path in args.checkpoints:
-        model = load_checkpoint(path).load_agent(device="cpu")
-        if getattr(model, "reward_model", None) is None:
-            raise ValueError(f"checkpoints: {path!r} holds a {type(model).__name__} without a learned reward model")
+        model = _load(path)
         row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "steps": args.steps}
         row.update(reward_agreement(model, rollout(model, args.env, args.steps, args.seed)))
         print(json.dumps(row), flush=True)
