@@ -421,8 +421,12 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: PathLike) -> Checkpoint:
+def load_checkpoint(path: PathLike, replay_buffer: bool = True) -> Checkpoint:
     """Read and verify one checkpoint file.
+
+    ``replay_buffer=False`` reads the agent only: the replay-buffer sidecar is neither required
+    nor read (to evaluate or inspect an agent whose sidecar was not kept; such a checkpoint
+    cannot resume training with its data).
 
     Raises:
         FileNotFoundError: no such file.
@@ -442,8 +446,10 @@ def load_checkpoint(path: PathLike) -> Checkpoint:
         )
     if "agent_zip" not in tensors:
         raise CorruptFileError(f"{path!r}: the checkpoint holds no agent")
+    if not isinstance(replay_buffer, bool):
+        raise TypeError(f"replay_buffer must be a bool, got {type(replay_buffer).__name__}")
     replay = None
-    if info.get("replay_buffer"):
+    if replay_buffer and info.get("replay_buffer"):
         replay = os.path.join(os.path.dirname(path), info["replay_buffer"]["file"])
         if not os.path.isfile(replay):
             raise CorruptFileError(f"{path!r}: its replay-buffer file {replay!r} is missing")

@@ -94,6 +94,15 @@ def test_damaged_replay_buffer_sidecar_is_detected(checkpoints, tmp_path):
         load_checkpoint(newest)
     with pytest.warns(RuntimeWarning):
         assert load_latest_checkpoint(folder).num_timesteps == 200
+    # the agent alone still loads when asked for without its sidecar, damaged or deleted
+    sidecar.unlink()
+    with pytest.raises(CorruptFileError, match="replay-buffer file .* is missing"):
+        load_checkpoint(newest)
+    agent_only = load_checkpoint(newest, replay_buffer=False)
+    assert agent_only.replay_buffer_path is None and agent_only.num_timesteps == 300
+    assert agent_only.load_agent(device="cpu").num_timesteps == 300
+    with pytest.raises(TypeError, match="replay_buffer"):
+        load_checkpoint(newest, replay_buffer="no")
 
 
 def test_format_version_mismatch_is_a_clear_error(checkpoints, tmp_path):

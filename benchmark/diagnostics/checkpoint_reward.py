@@ -113,7 +113,7 @@ def cross_scores(models: dict, env_id: str, n_episodes: int, seed: int, gamma: f
 
 
 def _load(path: str):
-    model = load_checkpoint(path).load_agent(device="cpu")
+    model = load_checkpoint(path, replay_buffer=False).load_agent(device="cpu")  # the sidecar is not needed
     if getattr(model, "reward_model", None) is None:
         raise ValueError(f"checkpoints: {path!r} holds a {type(model).__name__} without a learned reward model")
     return model
