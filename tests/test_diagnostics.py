@@ -108,6 +108,10 @@ def test_checkpoint_reward_agreement_numbers():
     assert out["learned_terminal_mean"] == pytest.approx(learned[[9, 29]].mean(), abs=1e-3)
     assert out["true_terminal_mean"] == pytest.approx(true[[9, 29]].mean(), abs=1e-3)
     assert out["n_terminal"] == 2
+    # learned = 2 TRUE + 3: the fit recovers it, and the learned reward pays 1.5 TRUE units per step extra
+    true = ((learned - 3.0) / 2.0).astype(np.float32)
+    out = checkpoint_reward.reward_agreement(_LinearRewardAgent(), dict(obs=obs, acts=acts, next_obs=obs, true=true, terminal=terminal))
+    assert (out["fit_slope"], out["fit_intercept"], out["extra_alive"]) == pytest.approx((2.0, 3.0, 1.5), abs=1e-3)
 
 
 def test_checkpoint_reward_episode_scores_numbers():
@@ -143,6 +147,16 @@ def test_checkpoint_reward_reads_a_checkpoint(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (row["num_timesteps"], row["steps"], row["n_terminal"]) == (200, 300, 0)  # Pendulum never terminates
     assert row["true_mean"] < 0 and row["true_terminal_mean"] is None and -1 <= row["corr"] <= 1
+    # --replay-buffer: the transitions the run stored, with their TRUE rewards
+    buffer_file = tmp_path / "buffer.pkl"
+    model.save_replay_buffer(str(buffer_file))
+    checkpoint_reward.main(["--env", "Pendulum-v1", "--replay-buffer", str(buffer_file), "--rows", "50:150", path])
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["rows"] == "50:150" and row["n_terminal"] == 0
+    assert row["true_mean"] == pytest.approx(model.replay_buffer.true_rewards[50:150, 0].mean(), abs=1e-3)
+    for rows in ("0:0", "150:50", "0:201"):  # 200 rows stored
+        with pytest.raises(ValueError, match="rows"):
+            checkpoint_reward.main(["--env", "Pendulum-v1", "--replay-buffer", str(buffer_file), "--rows", rows, path])
     # --cross: every (policy, reward) pair of the checkpoints; Pendulum's episodes last 200 steps
     model.learn(100, reset_num_timesteps=False)
     later = save_checkpoint(model, str(tmp_path / "checkpoint_300.pt"))

@@ -8,7 +8,16 @@ reward, no wrapper) and reports, per checkpoint:
 * the mean / std of both (their ratio says how much the reward pays for staying alive against
   its per-step spread: with absorbing states, ``r(absorbing) = 0`` (``birl.feedback.losses``),
   so a learned reward whose mean is small against its spread barely penalises falling over);
-* the mean of both on terminal steps (the transition into the absorbing state).
+* the mean of both on terminal steps (the transition into the absorbing state);
+* the least-squares fit ``learned ~ intercept + slope * TRUE`` and ``extra_alive`` = intercept /
+  slope: what the learned reward pays every transition on top of the TRUE reward, in TRUE units
+  (on Hopper, whose TRUE reward is ``1 + forward velocity - control cost``, 0.5 means staying
+  alive is paid 1.5 per step against the forward velocity's 1: standing still is overvalued).
+
+``--replay-buffer FILE`` takes the transitions from a checkpoint's replay-buffer sidecar
+(``checkpoint_*.replay_buffer.pkl``, an :class:`agents.buffers.BilevelReplayBuffer` with its TRUE
+rewards; ``--rows LO:HI`` picks insertion rows) instead of fresh rollouts: every policy the run
+has had, not just the last one.
 
     python benchmark/diagnostics/checkpoint_reward.py --env Hopper-v5 \\
         benchmark/zoo_logs/mujoco/Hopper-v5/msobirl_seed0_*/checkpoints/checkpoint_000000050000.pt
@@ -28,6 +37,7 @@ and the mean episode length (the transitions after termination pay ``r(absorbing
 
 import argparse
 import json
+import pickle
 from typing import List
 
 import gymnasium as gym
@@ -59,6 +69,29 @@ def rollout(model, env_id: str, steps: int, seed: int) -> dict:
     }
 
 
+def buffer_data(model, path: str, rows: str = None) -> dict:
+    """:func:`rollout`'s dict from a pickled :class:`agents.buffers.BilevelReplayBuffer` (first env),
+    insertion rows ``"LO:HI"`` (default: all stored), actions in env units as the reward sees them."""
+    with open(path, "rb") as f:
+        buf = pickle.load(f)
+    if not hasattr(buf, "true_rewards"):
+        raise ValueError(f"replay_buffer: {path!r} holds a {type(buf).__name__} without TRUE rewards")
+    n = buf.buffer_size if buf.full else buf.pos
+    lo, hi = (0, n) if rows is None else (int(x) for x in rows.split(":"))
+    if not 0 <= lo < hi <= n:
+        raise ValueError(f"rows must be LO:HI with 0 <= LO < HI <= {n} (rows stored), got {rows!r}")
+    acts = buf.actions[lo:hi, 0]
+    if hasattr(model.policy, "unscale_action"):  # SAC stores actions scaled to [-1, 1]
+        acts = model.policy.unscale_action(acts)
+    return {
+        "obs": buf.observations[lo:hi, 0].astype(np.float32),
+        "acts": np.asarray(acts, dtype=np.float32),
+        "next_obs": buf.next_observations[lo:hi, 0].astype(np.float32),
+        "true": buf.true_rewards[lo:hi, 0],
+        "terminal": (buf.dones[lo:hi, 0] > 0) & ~(buf.timeouts[lo:hi, 0] > 0),
+    }
+
+
 def reward_agreement(model, data: dict) -> dict:
     """Correlation, mean / std and terminal-step means of the learned and the TRUE reward."""
     as_t = lambda x: th.as_tensor(x, device=model.device)  # noqa: E731
@@ -71,6 +104,8 @@ def reward_agreement(model, data: dict) -> dict:
         out[f"{name}_mean"], out[f"{name}_std"] = float(r.mean()), float(r.std())
         out[f"{name}_mean_over_std"] = float(r.mean() / r.std())
         out[f"{name}_terminal_mean"] = float(r[terminal].mean()) if terminal.any() else None
+    slope, intercept = np.polyfit(true, learned, 1)
+    out["fit_slope"], out["fit_intercept"], out["extra_alive"] = float(slope), float(intercept), float(intercept / slope)
     return {k: round(v, 3) if isinstance(v, float) else v for k, v in out.items()}
 
 
@@ -127,6 +162,8 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cross", type=int, default=0, metavar="N",
                         help="score every checkpoint's N deterministic episodes with every checkpoint's reward")
+    parser.add_argument("--replay-buffer", help="score the transitions of this replay-buffer pickle instead of rollouts")
+    parser.add_argument("--rows", help="LO:HI insertion rows of --replay-buffer (default: all)")
     parser.add_argument("--gamma", type=float, default=0.99, help="discount of the --cross discounted return")
     args = parser.parse_args(argv)
     if args.cross < 0:
@@ -138,8 +175,13 @@ def main(argv: List[str] = None) -> None:
         return
     for path in args.checkpoints:
         model = _load(path)
-        row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "steps": args.steps}
-        row.update(reward_agreement(model, rollout(model, args.env, args.steps, args.seed)))
+        if args.replay_buffer:
+            data = buffer_data(model, args.replay_buffer, args.rows)
+            row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "replay_buffer": args.replay_buffer, "rows": args.rows}
+        else:
+            data = rollout(model, args.env, args.steps, args.seed)
+            row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "steps": args.steps}
+        row.update(reward_agreement(model, data))
         print(json.dumps(row), flush=True)
 
 
