@@ -125,6 +125,7 @@ def test_checkpoint_reward_episode_scores_numbers():
     assert out["learned_return"] == pytest.approx(np.mean([r.sum() for r in learned]), abs=1e-3)
     assert out["learned_discounted_return"] == pytest.approx(np.mean([sum(x * 0.5 ** i for i, x in enumerate(r)) for r in learned]), abs=1e-3)
     assert out["true_return"] == pytest.approx(np.mean([t.rewards.sum() for t in episodes]), abs=1e-3)
+    assert out["true_discounted_return"] == pytest.approx(np.mean([sum(x * 0.5 ** i for i, x in enumerate(t.rewards)) for t in episodes]), abs=1e-3)
     assert out["length"] == 5.5
     with pytest.raises(ValueError, match="gamma"):
         checkpoint_reward.episode_scores(_LinearRewardAgent(), episodes, gamma=0.0)

@@ -29,7 +29,8 @@ later one's (did the reward move away from hopping, or did the inner level lose 
 each checkpoint's *deterministic* policy for ``N`` episodes (as the TRUE evaluations do) and
 scores every policy's episodes with every checkpoint's reward model, one JSON line per
 (policy, reward) pair: the mean episode return under the learned reward (undiscounted, and
-discounted from the first step with ``--gamma``, what SAC maximises) and under the TRUE reward,
+discounted from the first step with ``--gamma``, what SAC maximises) and under the TRUE reward
+(both ways),
 and the mean episode length (the transitions after termination pay ``r(absorbing) = 0``).
 
     python benchmark/diagnostics/checkpoint_reward.py --env Hopper-v5 --cross 5 ckpt_10k.pt ckpt_20k.pt
@@ -118,17 +119,19 @@ def learned_rewards(model, trajectory) -> np.ndarray:
 
 
 def episode_scores(model, episodes, gamma: float) -> dict:
-    """Mean over ``episodes`` of their learned return under ``model``'s reward (undiscounted and
-    ``gamma``-discounted from the first step), their TRUE return and their length."""
+    """Mean over ``episodes`` of their learned and TRUE returns (undiscounted and ``gamma``-discounted
+    from the first step; learned: under ``model``'s reward) and of their length."""
     if not 0.0 < gamma <= 1.0:
         raise ValueError(f"gamma must be in (0, 1], got {gamma}")
     if not episodes:
         raise ValueError("episodes must not be empty")
     learned = [learned_rewards(model, t) for t in episodes]
+    discounted = lambda rewards: float(np.mean([(r * gamma ** np.arange(len(r))).sum() for r in rewards]))  # noqa: E731
     out = {
         "learned_return": float(np.mean([r.sum() for r in learned])),
-        "learned_discounted_return": float(np.mean([(r * gamma ** np.arange(len(r))).sum() for r in learned])),
+        "learned_discounted_return": discounted(learned),
         "true_return": float(np.mean([np.sum(t.rewards) for t in episodes])),
+        "true_discounted_return": discounted([t.rewards for t in episodes]),
         "length": float(np.mean([len(t) for t in episodes])),
     }
     return {k: round(v, 3) for k, v in out.items()}
