@@ -28,10 +28,9 @@ Prints one JSON line per checkpoint.  Vector observations without VecNormalize o
 later one's (did the reward move away from hopping, or did the inner level lose it?): it rolls
 each checkpoint's *deterministic* policy for ``N`` episodes (as the TRUE evaluations do) and
 scores every policy's episodes with every checkpoint's reward model, one JSON line per
-(policy, reward) pair: the mean episode return under the learned reward (undiscounted, and
-discounted from the first step with ``--gamma``, what SAC maximises) and under the TRUE reward
-(both ways),
-and the mean episode length (the transitions after termination pay ``r(absorbing) = 0``).
+(policy, reward) pair: the mean episode return under the learned and the TRUE reward, each
+undiscounted and discounted from the first step with ``--gamma`` (what SAC maximises), and the
+mean episode length (the transitions after termination pay ``r(absorbing) = 0``).
 
     python benchmark/diagnostics/checkpoint_reward.py --env Hopper-v5 --cross 5 ckpt_10k.pt ckpt_20k.pt
 """
