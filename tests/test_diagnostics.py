@@ -155,7 +155,7 @@ def test_checkpoint_reward_reads_a_checkpoint(tmp_path, capsys):
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["rows"] == "50:150" and row["n_terminal"] == 0
     assert row["true_mean"] == pytest.approx(model.replay_buffer.true_rewards[50:150, 0].mean(), abs=1e-3)
-    for rows in ("0:0", "150:50", "0:201"):  # 200 rows stored
+    for rows in ("0:0", "150:50", "0:201", "50"):  # 200 rows stored
         with pytest.raises(ValueError, match="rows"):
             checkpoint_reward.main(["--env", "Pendulum-v1", "--replay-buffer", str(buffer_file), "--rows", rows, path])
     # --cross: every (policy, reward) pair of the checkpoints; Pendulum's episodes last 200 steps

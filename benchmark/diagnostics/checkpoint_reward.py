@@ -69,35 +69,46 @@ def rollout(model, env_id: str, steps: int, seed: int) -> dict:
     }
 
 
-def buffer_data(model, path: str, rows: str = None) -> dict:
-    """:func:`rollout`'s dict from a pickled :class:`agents.buffers.BilevelReplayBuffer` (first env),
-    insertion rows ``"LO:HI"`` (default: all stored), actions in env units as the reward sees them."""
+def load_buffer(path: str):
+    """A pickled :class:`agents.buffers.BilevelReplayBuffer` (a checkpoint's replay-buffer sidecar)."""
     with open(path, "rb") as f:
         buf = pickle.load(f)
-    if not hasattr(buf, "true_rewards"):
-        raise ValueError(f"replay_buffer: {path!r} holds a {type(buf).__name__} without TRUE rewards")
-    n = buf.buffer_size if buf.full else buf.pos
-    lo, hi = (0, n) if rows is None else (int(x) for x in rows.split(":"))
+    if not hasattr(buf, "window"):
+        raise ValueError(f"replay_buffer: {path!r} holds a {type(buf).__name__}, not a BilevelReplayBuffer with TRUE rewards")
+    return buf
+
+
+def buffer_data(model, buf, rows: str = None) -> dict:
+    """:func:`rollout`'s dict from ``buf``'s first env, insertion rows ``"LO:HI"`` (default: all
+    stored), actions in env units as the reward sees them."""
+    n = buf.size()
+    try:
+        lo, hi = (0, n) if rows is None else (int(x) for x in rows.split(":"))
+    except ValueError:
+        lo, hi = -1, -1  # malformed: reported below
     if not 0 <= lo < hi <= n:
         raise ValueError(f"rows must be LO:HI with 0 <= LO < HI <= {n} (rows stored), got {rows!r}")
-    acts = buf.actions[lo:hi, 0]
-    if hasattr(model.policy, "unscale_action"):  # SAC stores actions scaled to [-1, 1]
-        acts = model.policy.unscale_action(acts)
+    win = {k: v[:, 0] for k, v in buf.window(np.arange(lo, hi)).items()}
     return {
-        "obs": buf.observations[lo:hi, 0].astype(np.float32),
-        "acts": np.asarray(acts, dtype=np.float32),
-        "next_obs": buf.next_observations[lo:hi, 0].astype(np.float32),
-        "true": buf.true_rewards[lo:hi, 0],
-        "terminal": (buf.dones[lo:hi, 0] > 0) & ~(buf.timeouts[lo:hi, 0] > 0),
+        "obs": win["obs"].astype(np.float32),
+        "acts": np.asarray(model._env_actions(win["acts"]), dtype=np.float32),
+        "next_obs": win["next_obs"].astype(np.float32),
+        "true": win["true_rewards"],
+        "terminal": win["terminations"],
     }
+
+
+def _learned(model, obs, acts, next_obs) -> np.ndarray:
+    """``model``'s learned reward on a batch of transitions, as float64 ``[B]``."""
+    as_t = lambda x: th.as_tensor(np.asarray(x, dtype=np.float32), device=model.device)  # noqa: E731
+    with th.no_grad():
+        r = model.reward_model(as_t(obs), as_t(acts), as_t(next_obs))
+    return r.reshape(-1).cpu().numpy().astype(np.float64)
 
 
 def reward_agreement(model, data: dict) -> dict:
     """Correlation, mean / std and terminal-step means of the learned and the TRUE reward."""
-    as_t = lambda x: th.as_tensor(x, device=model.device)  # noqa: E731
-    with th.no_grad():
-        learned = model.reward_model(as_t(data["obs"]), as_t(data["acts"]), as_t(data["next_obs"]))
-    learned = learned.reshape(-1).cpu().numpy().astype(np.float64)
+    learned = _learned(model, data["obs"], data["acts"], data["next_obs"])
     true, terminal = data["true"].astype(np.float64), data["terminal"] > 0
     out = {"corr": float(np.corrcoef(learned, true)[0, 1]), "n_terminal": int(terminal.sum())}
     for name, r in (("true", true), ("learned", learned)):
@@ -111,10 +122,7 @@ def reward_agreement(model, data: dict) -> dict:
 
 def learned_rewards(model, trajectory) -> np.ndarray:
     """``model``'s learned reward on each transition of one :class:`birl.feedback.Trajectory`."""
-    as_t = lambda x: th.as_tensor(np.asarray(x, dtype=np.float32), device=model.device)  # noqa: E731
-    with th.no_grad():
-        r = model.reward_model(as_t(trajectory.obs[:-1]), as_t(trajectory.acts), as_t(trajectory.obs[1:]))
-    return r.reshape(-1).cpu().numpy().astype(np.float64)
+    return _learned(model, trajectory.obs[:-1], trajectory.acts, trajectory.obs[1:])
 
 
 def episode_scores(model, episodes, gamma: float) -> dict:
@@ -175,14 +183,16 @@ def main(argv: List[str] = None) -> None:
         for row in cross_scores(models, args.env, args.cross, args.seed, args.gamma):
             print(json.dumps(row), flush=True)
         return
+    buf = load_buffer(args.replay_buffer) if args.replay_buffer else None  # read once for every checkpoint
     for path in args.checkpoints:
         model = _load(path)
-        if args.replay_buffer:
-            data = buffer_data(model, args.replay_buffer, args.rows)
-            row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "replay_buffer": args.replay_buffer, "rows": args.rows}
+        row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps)}
+        if buf is not None:
+            data = buffer_data(model, buf, args.rows)
+            row.update(replay_buffer=args.replay_buffer, rows=args.rows)
         else:
             data = rollout(model, args.env, args.steps, args.seed)
-            row = {"checkpoint": path, "num_timesteps": int(model.num_timesteps), "steps": args.steps}
+            row.update(steps=args.steps)
         row.update(reward_agreement(model, data))
         print(json.dumps(row), flush=True)
 
